@@ -1,0 +1,440 @@
+//! A local IBM Cloud (IAM token endpoint + Resource Controller v2) for tests, demos and benchmarks.
+//!
+//! It follows /work/shared/reference/ibm-cloud-api.md: same paths, query parameters, status codes,
+//! JSON field names, error bodies, pagination (`rows_count`, relative `next_url`), key lifecycle
+//! (`removed` after delete, 410 on a second delete), role-based redaction, `Transaction-Id` and
+//! `X-RateLimit-*` headers and expiring tokens. Where the reference is silent (error codes for
+//! simulated failures, 404 for another account's instance), the choice is documented here.
+//!
+//! Control endpoints (not counted, never faulted): `GET /_sim/calls`, `POST /_sim/calls/reset`,
+//! `GET|PUT|DELETE /_sim/faults`, `GET /_sim/keys`, `GET /_sim/instances`, `POST /_sim/instances`
+//! (`{"account_id": ..., "instance": {...}}`), `POST /_sim/instances/{guid}/reset_ingestion_key`,
+//! `POST /_sim/tokens/expire`.
+//!
+//! Secret values (tokens, API keys, ingestion keys) are never logged; control endpoints report
+//! fingerprints, not keys.
+
+mod server;
+mod world;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::redact::SecretString;
+pub use world::SimKey;
+
+/// Errors starting or controlling the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulatorError {
+    #[error("cannot read seed file {path}: {source}")]
+    ReadSeed {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid seed: {0}")]
+    Seed(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("unknown account {0:?}")]
+    UnknownAccount(String),
+    #[error("invalid instance: {0}")]
+    InvalidInstance(String),
+    #[error("waiting for a shutdown signal failed: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Platform roles, lowest first (creating and deleting keys needs Operator or more).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+pub enum PlatformRole {
+    Viewer,
+    Operator,
+    #[default]
+    Editor,
+    Administrator,
+}
+
+/// Service roles, lowest first (seeing a key's credentials needs a role >= the key's role).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+pub enum ServiceRole {
+    Reader,
+    Writer,
+    #[default]
+    Manager,
+}
+
+impl ServiceRole {
+    /// `Reader`/`Writer`/`Manager`, or an IAM service role CRN ending in one of them.
+    pub fn parse(role: &str) -> Option<Self> {
+        let name = role.rsplit(':').next().unwrap_or(role);
+        match name {
+            "Reader" => Some(Self::Reader),
+            "Writer" => Some(Self::Writer),
+            "Manager" => Some(Self::Manager),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reader => "Reader",
+            Self::Writer => "Writer",
+            Self::Manager => "Manager",
+        }
+    }
+}
+
+/// The simulated world: accounts, their API keys and instances. Loaded from YAML.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seed {
+    /// Lifetime of issued IAM tokens (`expires_in`).
+    #[serde(default = "default_ttl")]
+    pub token_ttl_seconds: u64,
+    /// Default and maximum page size of list endpoints (IBM: 100).
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    /// Send absolute `next_url`s instead of IBM's relative ones (to test clients against both).
+    #[serde(default)]
+    pub absolute_next_url: bool,
+    #[serde(default)]
+    pub accounts: Vec<SeedAccount>,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+fn default_page_size() -> usize {
+    100
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedAccount {
+    pub id: String,
+    #[serde(default)]
+    pub api_keys: Vec<SeedApiKey>,
+    #[serde(default)]
+    pub instances: Vec<SeedInstance>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedApiKey {
+    pub key: SecretString,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub platform_role: PlatformRole,
+    #[serde(default)]
+    pub service_role: ServiceRole,
+}
+
+/// One service instance. Unset fields get defaults: a generated GUID, region `us-south`, a fixed
+/// resource group, state `active`, a generated ingestion key (for `logdna`/`logdnaat`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedInstance {
+    pub name: String,
+    #[serde(default)]
+    pub guid: Option<String>,
+    /// Catalog service name, the 5th CRN segment: `logdna`, `logdnaat`, `logs`, ... (default `logdna`).
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub resource_group_id: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub ingestion_key: Option<SecretString>,
+}
+
+impl SeedInstance {
+    pub fn new(name: impl Into<String>, service: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            service: service.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn in_region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+}
+
+impl Seed {
+    pub fn from_yaml(text: &str) -> Result<Self, SimulatorError> {
+        let seed: Seed =
+            serde_saphyr::from_str(text).map_err(|e| SimulatorError::Seed(e.to_string()))?;
+        if seed.page_size == 0 {
+            return Err(SimulatorError::Seed("page_size must be at least 1".into()));
+        }
+        Ok(seed)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, SimulatorError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SimulatorError::ReadSeed {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+}
+
+/// Injected failures. Only requests whose endpoint template (`"POST /v2/resource_keys"`, ...)
+/// starts with `matching` are affected (all IBM endpoints when `None`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Probability (0..1) that a matching request fails with `error_status`.
+    pub error_rate: f64,
+    /// Status of injected failures (default 503).
+    pub error_status: u16,
+    /// Added to every matching request before it is handled.
+    pub latency_ms: u64,
+    pub rate_limit: Option<RateLimit>,
+    pub matching: Option<String>,
+    /// Fail exactly the next N matching requests (takes precedence over `error_rate`).
+    pub fail_count: Option<u64>,
+    /// `Retry-After` (seconds) sent with injected failures.
+    pub retry_after_seconds: Option<u64>,
+    /// Raw body of injected failures instead of the IBM JSON error body (e.g. an HTML page).
+    pub error_body: Option<String>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            error_rate: 0.0,
+            error_status: 503,
+            latency_ms: 0,
+            rate_limit: None,
+            matching: None,
+            fail_count: None,
+            retry_after_seconds: None,
+            error_body: None,
+        }
+    }
+}
+
+/// At most `limit` matching requests per fixed window; beyond that 429 with `Retry-After`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RateLimit {
+    pub limit: u32,
+    pub window_seconds: u64,
+    pub retry_after_seconds: u64,
+}
+
+/// A running simulator. Clones share it; it stops when the last clone is dropped (or on
+/// [`Simulator::shutdown`]).
+#[derive(Clone)]
+pub struct Simulator {
+    shared: Arc<server::Shared>,
+    addr: SocketAddr,
+    _stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    /// Binds `listen` (port 0 picks a free port) and serves on the current tokio runtime.
+    pub async fn start(listen: SocketAddr, seed: Seed) -> Result<Simulator, SimulatorError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| SimulatorError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SimulatorError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let base_url = base_url_for(addr);
+        let world = world::World::new(&seed, base_url)?;
+        let shared = Arc::new(server::Shared::new(world));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(server::serve(listener, shared.clone(), stop_rx));
+        tracing::info!(%addr, "IBM Cloud simulator started");
+        Ok(Simulator {
+            shared,
+            addr,
+            _stop: Arc::new(stop_tx),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (a wildcard listen address is reported as loopback).
+    pub fn base_url(&self) -> String {
+        base_url_for(self.addr)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.set_faults(Faults::default());
+    }
+
+    /// Calls per endpoint template, e.g. `"POST /identity/token"`, `"GET /v2/resource_instances"`.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        lock(&self.shared.calls).clone()
+    }
+
+    /// Calls of one endpoint template (0 if none).
+    pub fn call_count(&self, endpoint: &str) -> u64 {
+        lock(&self.shared.calls).get(endpoint).copied().unwrap_or(0)
+    }
+
+    pub fn reset_calls(&self) {
+        lock(&self.shared.calls).clear();
+    }
+
+    /// Rotates an instance's ingestion key, as the web UI's "Generate Ingestion Key" does. Keys of
+    /// the instance show the new value on their next GET. `None` for an unknown instance or one
+    /// without ingestion keys.
+    pub fn reset_ingestion_key(&self, instance_guid: &str) -> Option<SecretString> {
+        lock(&self.shared.world).reset_ingestion_key(instance_guid)
+    }
+
+    /// The current ingestion key of an instance (for tests comparing Secrets).
+    pub fn ingestion_key(&self, instance_guid: &str) -> Option<SecretString> {
+        lock(&self.shared.world).ingestion_key(instance_guid)
+    }
+
+    /// Every resource key ever created (including removed ones), without credentials.
+    pub fn keys(&self) -> Vec<SimKey> {
+        lock(&self.shared.world).sim_keys()
+    }
+
+    /// Adds an instance to an account; returns its GUID.
+    pub fn add_instance(
+        &self,
+        account_id: &str,
+        instance: SeedInstance,
+    ) -> Result<String, SimulatorError> {
+        lock(&self.shared.world).add_instance(account_id, &instance)
+    }
+
+    /// Makes every issued token expired (clients then get 401 "Token is expired").
+    pub fn expire_tokens(&self) {
+        lock(&self.shared.world).expire_tokens();
+    }
+
+    /// Every access token issued so far (for tests that scan logs for leaked secrets).
+    pub fn issued_tokens(&self) -> Vec<SecretString> {
+        lock(&self.shared.world).issued_tokens()
+    }
+
+    /// Stops accepting connections and closes open ones gracefully.
+    pub async fn shutdown(self) {
+        let _ = self._stop.send(true);
+        tokio::task::yield_now().await;
+    }
+}
+
+fn base_url_for(addr: SocketAddr) -> String {
+    let ip = addr.ip();
+    match ip {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+            format!("http://127.0.0.1:{}", addr.port())
+        }
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => format!("http://[::1]:{}", addr.port()),
+        _ => format!("http://{addr}"),
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (a panicked handler leaves consistent data here).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The `simulator` CLI command: start, print `simulator listening on http://ADDR`, serve until
+/// Ctrl-C or SIGTERM.
+pub async fn run(listen: SocketAddr, seed_path: &Path) -> Result<(), SimulatorError> {
+    let seed = Seed::from_file(seed_path)?;
+    let simulator = Simulator::start(listen, seed).await?;
+    println!("simulator listening on {}", simulator.base_url());
+    wait_for_signal().await?;
+    tracing::info!("IBM Cloud simulator shutting down");
+    simulator.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> Result<(), SimulatorError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(SimulatorError::Signal)?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.map_err(SimulatorError::Signal),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> Result<(), SimulatorError> {
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(SimulatorError::Signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_seed_parses() {
+        let seed = Seed::from_yaml(include_str!("../../examples/seed.yaml")).unwrap();
+        assert_eq!(seed.token_ttl_seconds, 3600);
+        let names: Vec<&str> = seed
+            .accounts
+            .iter()
+            .flat_map(|a| a.instances.iter().map(|i| i.name.as_str()))
+            .collect();
+        assert!(names.contains(&"my-activity-tracker"));
+        assert_eq!(names.iter().filter(|n| **n == "shared-name").count(), 2);
+    }
+
+    #[test]
+    fn roles_order_and_parse() {
+        assert!(ServiceRole::Reader < ServiceRole::Manager);
+        assert!(PlatformRole::Viewer < PlatformRole::Operator);
+        assert_eq!(
+            ServiceRole::parse("crn:v1:bluemix:public:iam::::serviceRole:Writer"),
+            Some(ServiceRole::Writer)
+        );
+        assert_eq!(ServiceRole::parse("Owner"), None);
+    }
+
+    #[test]
+    fn faults_default_to_503_and_parse_partially() {
+        assert_eq!(Faults::default().error_status, 503);
+        let f: Faults =
+            serde_json::from_str(r#"{"fail_count": 2, "matching": "POST /v2/resource_keys"}"#)
+                .unwrap();
+        assert_eq!(f.error_status, 503);
+        assert_eq!(f.fail_count, Some(2));
+    }
+}

@@ -1,0 +1,1021 @@
+//! The simulator's state and the behaviour of each IBM Cloud endpoint, independent of HTTP.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{PlatformRole, Seed, SeedInstance, ServiceRole, SimulatorError};
+use crate::redact::SecretString;
+
+/// Default resource group of seeded instances (the one in IBM's own examples).
+pub const DEFAULT_RESOURCE_GROUP: &str = "0be5ad401ae913d8ff665d92680664ed";
+const DEFAULT_REGION: &str = "us-south";
+const DEFAULT_SERVICE: &str = "logdna";
+/// IBM's rule for resource key names: at most 180 characters (reference §2.5).
+const MAX_KEY_NAME_CHARS: usize = 180;
+
+/// A response before HTTP: status, optional JSON body, optional extra headers.
+pub struct Reply {
+    pub status: u16,
+    pub body: Option<Value>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body: Some(body),
+        }
+    }
+
+    pub fn empty(status: u16) -> Self {
+        Self { status, body: None }
+    }
+
+    /// Resource Controller error body (`ErrorReport`, reference §2.7).
+    pub fn rc_error(status: u16, code: &str, message: impl Into<String>, txn: &str) -> Self {
+        Self::json(
+            status,
+            json!({"error_code": code, "message": message.into(), "status_code": status, "transaction_id": txn}),
+        )
+    }
+
+    /// IAM token endpoint error body (reference §1.3).
+    pub fn iam_error(status: u16, code: &str, message: &str, txn: &str, now: u64) -> Self {
+        Self::json(
+            status,
+            json!({
+                "context": {
+                    "requestId": txn,
+                    "requestType": "incoming.Identity_Token",
+                    "userAgent": "ibm-cloud-simulator",
+                    "url": "https://iam.cloud.ibm.com",
+                    "instanceId": "iamid-simulator",
+                    "threadId": "1",
+                    "host": "iamid-simulator",
+                    "startTime": httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(now)),
+                    "endTime": httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(now)),
+                    "elapsedTime": "1",
+                    "locale": "en_US",
+                    "clusterName": "iam-id-simulator"
+                },
+                "errorCode": code,
+                "errorMessage": message
+            }),
+        )
+    }
+}
+
+/// A resource key as the control API reports it: no credentials.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SimKey {
+    pub guid: String,
+    pub crn: String,
+    pub name: String,
+    /// GUID of the instance the key belongs to.
+    pub source: String,
+    pub state: String,
+    pub role: String,
+    pub account_id: String,
+}
+
+#[derive(Clone)]
+struct Caller {
+    account_id: String,
+    name: String,
+    platform_role: PlatformRole,
+    service_role: ServiceRole,
+}
+
+struct Instance {
+    guid: String,
+    name: String,
+    service: String,
+    region: String,
+    resource_group_id: String,
+    state: String,
+    account_id: String,
+    /// Instance-wide keys of Log Analysis / Activity Tracker (None for other services).
+    ingestion_key: Option<String>,
+    service_key: Option<String>,
+    created_at: String,
+}
+
+impl Instance {
+    fn crn(&self) -> String {
+        format!(
+            "crn:v1:bluemix:public:{}:{}:a/{}:{}::",
+            self.service, self.region, self.account_id, self.guid
+        )
+    }
+
+    fn json(&self) -> Value {
+        let crn = self.crn();
+        json!({
+            "id": crn,
+            "guid": self.guid,
+            "url": format!("/v2/resource_instances/{}", self.guid),
+            "created_at": self.created_at,
+            "updated_at": self.created_at,
+            "deleted_at": null,
+            "created_by": "IBMid-simulator",
+            "name": self.name,
+            "region_id": self.region,
+            "account_id": self.account_id,
+            "resource_plan_id": format!("{}-plan", self.service),
+            "resource_group_id": self.resource_group_id,
+            "resource_group_crn": format!("crn:v1:bluemix:public:resource-controller::a/{}::resource-group:{}", self.account_id, self.resource_group_id),
+            "target_crn": format!("crn:v1:bluemix:public:globalcatalog::::deployment:{}-{}", self.service, self.region),
+            "onetime_credentials": false,
+            "parameters": {},
+            "allow_cleanup": false,
+            "crn": crn,
+            "state": self.state,
+            "type": "service_instance",
+            "sub_type": null,
+            "resource_id": format!("{}-service-id", self.service),
+            "dashboard_url": format!("https://app.{}.logging.cloud.ibm.com/", self.region),
+            "last_operation": {"type": "create", "state": "succeeded", "async": false, "description": "Completed create instance operation"},
+            "resource_keys_url": format!("/v2/resource_instances/{}/resource_keys", self.guid),
+            "plan_history": [],
+            "migrated": false,
+            "extensions": {},
+            "controlled_by": "",
+            "locked": false
+        })
+    }
+}
+
+struct Key {
+    guid: String,
+    name: String,
+    instance_guid: String,
+    role: ServiceRole,
+    state: String,
+    account_id: String,
+    /// Per-key IAM API key (service ID key).
+    apikey: String,
+    serviceid: String,
+    created_at: String,
+    deleted_at: Option<String>,
+}
+
+struct Token {
+    api_key: String,
+    expires_at: u64,
+}
+
+/// Filters of a list request, carried inside the opaque `start` token (IBM ignores other query
+/// parameters when a page token is present).
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Cursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resource_group_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    offset: usize,
+}
+
+pub struct World {
+    token_ttl: u64,
+    page_size: usize,
+    absolute_next_url: bool,
+    base_url: String,
+    callers: HashMap<String, Caller>,
+    accounts: HashSet<String>,
+    instances: Vec<Instance>,
+    keys: Vec<Key>,
+    tokens: HashMap<String, Token>,
+    issued: Vec<String>,
+    counter: u64,
+    salt: [u8; 32],
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rfc3339(unix: u64) -> String {
+    // Civil-from-days (Howard Hinnant); avoids a date crate for one timestamp format.
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn valid_key_name(name: &str) -> bool {
+    let len = name.chars().count();
+    len > 0
+        && len <= MAX_KEY_NAME_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '.' | '_' | ':'))
+}
+
+impl World {
+    pub fn new(seed: &Seed, base_url: String) -> Result<Self, SimulatorError> {
+        let mut salt_input = Sha256::new();
+        salt_input.update(base_url.as_bytes());
+        salt_input.update(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+                .to_le_bytes(),
+        );
+        let mut world = World {
+            token_ttl: seed.token_ttl_seconds,
+            page_size: seed.page_size.max(1),
+            absolute_next_url: seed.absolute_next_url,
+            base_url,
+            callers: HashMap::new(),
+            accounts: HashSet::new(),
+            instances: Vec::new(),
+            keys: Vec::new(),
+            tokens: HashMap::new(),
+            issued: Vec::new(),
+            counter: 0,
+            salt: salt_input.finalize().into(),
+        };
+        for account in &seed.accounts {
+            if account.id.is_empty() || !world.accounts.insert(account.id.clone()) {
+                return Err(SimulatorError::Seed(format!(
+                    "account id {:?} is empty or duplicated",
+                    account.id
+                )));
+            }
+            for key in &account.api_keys {
+                if key.key.is_empty() || world.callers.contains_key(key.key.expose()) {
+                    return Err(SimulatorError::Seed(format!(
+                        "an API key of account {:?} is empty or duplicated",
+                        account.id
+                    )));
+                }
+                let caller = Caller {
+                    account_id: account.id.clone(),
+                    name: key
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| "seeded-api-key".to_owned()),
+                    platform_role: key.platform_role,
+                    service_role: key.service_role,
+                };
+                world.callers.insert(key.key.expose().to_owned(), caller);
+            }
+            for instance in &account.instances {
+                world.add_instance(&account.id, instance)?;
+            }
+        }
+        Ok(world)
+    }
+
+    /// 32 pseudo-random bytes: counter + salt (seed data and start time) hashed. No `rand` needed.
+    fn random_bytes(&mut self, label: &str) -> [u8; 32] {
+        self.counter += 1;
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update(self.counter.to_le_bytes());
+        h.update(label.as_bytes());
+        h.finalize().into()
+    }
+
+    fn new_guid(&mut self) -> String {
+        let b = self.random_bytes("guid");
+        let hex: String = b.iter().take(16).map(|x| format!("{x:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
+
+    fn new_hex(&mut self, label: &str, len: usize) -> String {
+        let b = self.random_bytes(label);
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()[..len.min(64)].to_owned()
+    }
+
+    /// 44 characters of `[A-Za-z0-9_-]`, the shape of IBM Cloud API keys.
+    fn new_api_key(&mut self) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut bytes = self.random_bytes("apikey").to_vec();
+        bytes.extend(self.random_bytes("apikey2"));
+        bytes
+            .iter()
+            .take(44)
+            .map(|b| ALPHABET[(*b % 64) as usize] as char)
+            .collect()
+    }
+
+    pub fn add_instance(
+        &mut self,
+        account_id: &str,
+        seed: &SeedInstance,
+    ) -> Result<String, SimulatorError> {
+        if !self.accounts.contains(account_id) {
+            return Err(SimulatorError::UnknownAccount(account_id.to_owned()));
+        }
+        if seed.name.is_empty() {
+            return Err(SimulatorError::InvalidInstance("name is empty".into()));
+        }
+        let guid = match &seed.guid {
+            Some(g) if !g.is_empty() => g.clone(),
+            _ => self.new_guid(),
+        };
+        if self.instances.iter().any(|i| i.guid == guid) {
+            return Err(SimulatorError::InvalidInstance(format!(
+                "duplicate guid {guid}"
+            )));
+        }
+        let service = if seed.service.is_empty() {
+            DEFAULT_SERVICE.to_owned()
+        } else {
+            seed.service.clone()
+        };
+        if service.contains(':') || seed.region.as_deref().is_some_and(|r| r.contains(':')) {
+            return Err(SimulatorError::InvalidInstance(
+                "service and region must not contain ':'".into(),
+            ));
+        }
+        let has_ingestion = matches!(service.as_str(), "logdna" | "logdnaat");
+        let ingestion_key = match (&seed.ingestion_key, has_ingestion) {
+            (Some(k), true) => Some(k.expose().to_owned()),
+            (None, true) => Some(self.new_hex("ingestion", 32)),
+            (_, false) => None,
+        };
+        let service_key = has_ingestion.then(|| self.new_hex("service", 32));
+        self.instances.push(Instance {
+            guid: guid.clone(),
+            name: seed.name.clone(),
+            service,
+            region: seed
+                .region
+                .clone()
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+            resource_group_id: seed
+                .resource_group_id
+                .clone()
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| DEFAULT_RESOURCE_GROUP.to_owned()),
+            state: seed
+                .state
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "active".to_owned()),
+            account_id: account_id.to_owned(),
+            ingestion_key,
+            service_key,
+            created_at: rfc3339(now_unix()),
+        });
+        Ok(guid)
+    }
+
+    pub fn reset_ingestion_key(&mut self, guid: &str) -> Option<SecretString> {
+        let fresh = self.new_hex("ingestion", 32);
+        let instance = self.instances.iter_mut().find(|i| i.guid == guid)?;
+        let slot = instance.ingestion_key.as_mut()?;
+        *slot = fresh;
+        tracing::info!(instance = guid, "simulator: ingestion key reset");
+        Some(SecretString::new(slot.clone()))
+    }
+
+    pub fn ingestion_key(&self, guid: &str) -> Option<SecretString> {
+        self.instances
+            .iter()
+            .find(|i| i.guid == guid)?
+            .ingestion_key
+            .as_deref()
+            .map(SecretString::from)
+    }
+
+    pub fn instances_summary(&self) -> Value {
+        Value::Array(
+            self.instances
+                .iter()
+                .map(|i| {
+                    json!({
+                        "guid": i.guid, "crn": i.crn(), "name": i.name, "service": i.service, "region": i.region,
+                        "account_id": i.account_id, "state": i.state,
+                        "ingestion_key_fingerprint": i.ingestion_key.as_deref().map(|k| SecretString::from(k).fingerprint()),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub fn sim_keys(&self) -> Vec<SimKey> {
+        self.keys
+            .iter()
+            .map(|k| SimKey {
+                guid: k.guid.clone(),
+                crn: self.key_crn(k),
+                name: k.name.clone(),
+                source: k.instance_guid.clone(),
+                state: k.state.clone(),
+                role: k.role.as_str().to_owned(),
+                account_id: k.account_id.clone(),
+            })
+            .collect()
+    }
+
+    pub fn expire_tokens(&mut self) {
+        for token in self.tokens.values_mut() {
+            token.expires_at = 0;
+        }
+    }
+
+    pub fn issued_tokens(&self) -> Vec<SecretString> {
+        self.issued
+            .iter()
+            .map(|t| SecretString::new(t.clone()))
+            .collect()
+    }
+
+    // ---- IAM -------------------------------------------------------------------------------
+
+    /// `POST /identity/token` with a form body.
+    pub fn token(&mut self, form: &HashMap<String, String>, txn: &str) -> Reply {
+        let now = now_unix();
+        if form.get("grant_type").map(String::as_str)
+            != Some("urn:ibm:params:oauth:grant-type:apikey")
+        {
+            return Reply::iam_error(
+                400,
+                "BXNIM0109E",
+                "Property missing or empty. Property=grant_type",
+                txn,
+                now,
+            );
+        }
+        let Some(api_key) = form.get("apikey").filter(|k| !k.is_empty()) else {
+            return Reply::iam_error(
+                400,
+                "BXNIM0109E",
+                "Property missing or empty. Property=apikey",
+                txn,
+                now,
+            );
+        };
+        if !self.callers.contains_key(api_key) {
+            return Reply::iam_error(
+                400,
+                "BXNIM0415E",
+                "Provided API key could not be found",
+                txn,
+                now,
+            );
+        }
+        self.tokens.retain(|_, t| t.expires_at > now);
+        let token = format!("sim-{}", self.new_hex("token", 64));
+        let expiration = now + self.token_ttl;
+        self.tokens.insert(
+            token.clone(),
+            Token {
+                api_key: api_key.clone(),
+                expires_at: expiration,
+            },
+        );
+        self.issued.push(token.clone());
+        Reply::json(
+            200,
+            json!({
+                "access_token": token,
+                "refresh_token": "not_supported",
+                "ims_user_id": 1_180_090,
+                "token_type": "Bearer",
+                "expires_in": self.token_ttl,
+                "expiration": expiration,
+                "scope": "ibm openid"
+            }),
+        )
+    }
+
+    // ---- Resource Controller -----------------------------------------------------------------
+
+    /// Validates `Authorization: Bearer <token>`.
+    fn authenticate(&self, authorization: Option<&str>, txn: &str) -> Result<Caller, Reply> {
+        let unauthorized =
+            |message: &str| Reply::rc_error(401, "RC-IamErrorResponse", message, txn);
+        let header =
+            authorization.ok_or_else(|| unauthorized("Authorization header is missing"))?;
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(unauthorized("Authorization header is not a bearer token")),
+        };
+        let known = self
+            .tokens
+            .get(token)
+            .ok_or_else(|| unauthorized("Token is invalid"))?;
+        if known.expires_at <= now_unix() {
+            return Err(unauthorized("Token is expired"));
+        }
+        self.callers
+            .get(&known.api_key)
+            .cloned()
+            .ok_or_else(|| unauthorized("Token is invalid"))
+    }
+
+    fn find_instance(&self, caller: &Caller, id: &str) -> Option<&Instance> {
+        // Another account's instance is reported as not found: no existence oracle.
+        self.instances
+            .iter()
+            .find(|i| i.account_id == caller.account_id && (i.guid == id || i.crn() == id))
+    }
+
+    fn page(&self, path: &str, items: Vec<Value>, cursor: &Cursor, limit: usize) -> Value {
+        let end = (cursor.offset + limit).min(items.len());
+        let resources: Vec<Value> = items
+            .get(cursor.offset..end)
+            .map(<[Value]>::to_vec)
+            .unwrap_or_default();
+        let next_url = (end < items.len()).then(|| {
+            let next = Cursor {
+                offset: end,
+                ..cursor.clone()
+            };
+            let token: String = serde_json::to_vec(&next)
+                .unwrap_or_default()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let relative = format!("{path}?start={token}&limit={limit}");
+            if self.absolute_next_url {
+                format!("{}{relative}", self.base_url)
+            } else {
+                relative
+            }
+        });
+        json!({"rows_count": resources.len(), "next_url": next_url, "resources": resources})
+    }
+
+    /// Reads `start` (a page token carrying the filters) or the filters themselves, and `limit`.
+    fn cursor(&self, query: &HashMap<String, String>, txn: &str) -> Result<(Cursor, usize), Reply> {
+        let limit = match query.get("limit") {
+            None => self.page_size,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if n >= 1 => n.min(self.page_size),
+                _ => {
+                    return Err(Reply::rc_error(
+                        400,
+                        "RC-BadRequest",
+                        format!("Invalid limit {l:?}"),
+                        txn,
+                    ));
+                }
+            },
+        };
+        let cursor = match query.get("start") {
+            Some(start) => decode_cursor(start)
+                .ok_or_else(|| Reply::rc_error(400, "RC-BadRequest", "Invalid start token", txn))?,
+            None => Cursor {
+                name: query.get("name").cloned(),
+                guid: query.get("guid").cloned(),
+                resource_group_id: query.get("resource_group_id").cloned(),
+                state: query.get("state").cloned(),
+                offset: 0,
+            },
+        };
+        Ok((cursor, limit))
+    }
+
+    /// `GET /v2/resource_instances`.
+    pub fn list_instances(
+        &self,
+        auth: Option<&str>,
+        query: &HashMap<String, String>,
+        txn: &str,
+    ) -> Reply {
+        let caller = match self.authenticate(auth, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let (cursor, limit) = match self.cursor(query, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let items = self
+            .instances
+            .iter()
+            .filter(|i| i.account_id == caller.account_id)
+            .filter(|i| cursor.name.as_ref().is_none_or(|n| &i.name == n))
+            .filter(|i| cursor.guid.as_ref().is_none_or(|g| &i.guid == g))
+            .filter(|i| {
+                cursor
+                    .resource_group_id
+                    .as_ref()
+                    .is_none_or(|g| &i.resource_group_id == g)
+            })
+            .filter(|i| match &cursor.state {
+                Some(s) => &i.state == s,
+                None => i.state == "active" || i.state == "provisioning",
+            })
+            .map(Instance::json)
+            .collect();
+        Reply::json(
+            200,
+            self.page("/v2/resource_instances", items, &cursor, limit),
+        )
+    }
+
+    /// `GET /v2/resource_instances/{id}`.
+    pub fn get_instance(&self, auth: Option<&str>, id: &str, txn: &str) -> Reply {
+        let caller = match self.authenticate(auth, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        match self.find_instance(&caller, id) {
+            Some(instance) => Reply::json(200, instance.json()),
+            None => Reply::rc_error(
+                404,
+                "RC-NotFound",
+                format!("Instance with id {id} not found"),
+                txn,
+            ),
+        }
+    }
+
+    /// `GET /v2/resource_instances/{id}/resource_keys` (any state, paged).
+    pub fn list_instance_keys(
+        &self,
+        auth: Option<&str>,
+        id: &str,
+        query: &HashMap<String, String>,
+        txn: &str,
+    ) -> Reply {
+        let caller = match self.authenticate(auth, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let Some(instance) = self.find_instance(&caller, id) else {
+            return Reply::rc_error(
+                404,
+                "RC-NotFound",
+                format!("Instance with id {id} not found"),
+                txn,
+            );
+        };
+        let (cursor, limit) = match self.cursor(query, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let items = self
+            .keys
+            .iter()
+            .filter(|k| k.instance_guid == instance.guid)
+            .map(|k| self.key_json(k, &caller))
+            .collect();
+        let path = format!("/v2/resource_instances/{}/resource_keys", instance.guid);
+        Reply::json(200, self.page(&path, items, &cursor, limit))
+    }
+
+    /// `GET /v2/resource_keys` (account-wide; `name` and `guid` filters).
+    pub fn list_keys(
+        &self,
+        auth: Option<&str>,
+        query: &HashMap<String, String>,
+        txn: &str,
+    ) -> Reply {
+        let caller = match self.authenticate(auth, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let (cursor, limit) = match self.cursor(query, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let items = self
+            .keys
+            .iter()
+            .filter(|k| k.account_id == caller.account_id)
+            .filter(|k| cursor.name.as_ref().is_none_or(|n| &k.name == n))
+            .filter(|k| cursor.guid.as_ref().is_none_or(|g| &k.guid == g))
+            .map(|k| self.key_json(k, &caller))
+            .collect();
+        Reply::json(200, self.page("/v2/resource_keys", items, &cursor, limit))
+    }
+
+    /// `POST /v2/resource_keys` with `{name, source, role}`.
+    pub fn create_key(&mut self, auth: Option<&str>, body: &[u8], txn: &str) -> Reply {
+        let caller = match self.authenticate(auth, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
+            return Reply::rc_error(
+                400,
+                "RC-BadRequest",
+                "Request body is not a JSON object",
+                txn,
+            );
+        };
+        let field = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
+        let Some(name) = field("name") else {
+            return Reply::rc_error(
+                400,
+                "RC-BadRequest",
+                "Missing required property 'name'",
+                txn,
+            );
+        };
+        if !valid_key_name(&name) {
+            return Reply::rc_error(
+                400,
+                "RC-BadRequest",
+                "Invalid name: it must be 180 characters or less and cannot include any special characters other than (space) - . _ :",
+                txn,
+            );
+        }
+        let Some(source) = field("source") else {
+            return Reply::rc_error(
+                400,
+                "RC-BadRequest",
+                "Missing required property 'source'",
+                txn,
+            );
+        };
+        let role = match field("role") {
+            None => ServiceRole::Writer,
+            Some(r) => match ServiceRole::parse(&r) {
+                Some(role) => role,
+                None => {
+                    return Reply::rc_error(
+                        400,
+                        "RC-BadRequest",
+                        format!("Invalid role {r:?}"),
+                        txn,
+                    );
+                }
+            },
+        };
+        if caller.platform_role < PlatformRole::Operator {
+            return Reply::rc_error(
+                403,
+                "RC-IamErrorResponse",
+                format!(
+                    "The API key {:?} is not authorized to create resource keys (platform role Operator or higher required)",
+                    caller.name
+                ),
+                txn,
+            );
+        }
+        let Some(instance) = self.find_instance(&caller, &source) else {
+            return Reply::rc_error(
+                404,
+                "RC-NotFound",
+                format!("Source resource with id {source} not found"),
+                txn,
+            );
+        };
+        if instance.state != "active" {
+            return Reply::rc_error(
+                400,
+                "RC-BadRequest",
+                format!(
+                    "Instance {} is not active (state {})",
+                    instance.guid, instance.state
+                ),
+                txn,
+            );
+        }
+        let instance_guid = instance.guid.clone();
+        let key = Key {
+            guid: self.new_guid(),
+            name,
+            instance_guid,
+            role,
+            state: "active".to_owned(),
+            account_id: caller.account_id.clone(),
+            apikey: self.new_api_key(),
+            serviceid: format!("ServiceId-{}", self.new_guid()),
+            created_at: rfc3339(now_unix()),
+            deleted_at: None,
+        };
+        tracing::info!(key = %key.guid, instance = %key.instance_guid, role = key.role.as_str(), "simulator: resource key created");
+        let reply = Reply::json(201, self.key_json(&key, &caller));
+        self.keys.push(key);
+        reply
+    }
+
+    fn find_key(&self, caller: &Caller, id: &str) -> Option<usize> {
+        self.keys.iter().position(|k| {
+            k.account_id == caller.account_id && (k.guid == id || self.key_crn(k) == id)
+        })
+    }
+
+    /// `GET /v2/resource_keys/{id}`: removed keys are still returned, with state `removed`.
+    pub fn get_key(&self, auth: Option<&str>, id: &str, txn: &str) -> Reply {
+        let caller = match self.authenticate(auth, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        match self.find_key(&caller, id) {
+            Some(i) => Reply::json(200, self.key_json(&self.keys[i], &caller)),
+            None => Reply::rc_error(
+                404,
+                "RC-NotFound",
+                format!("Resource key with id {id} not found"),
+                txn,
+            ),
+        }
+    }
+
+    /// `DELETE /v2/resource_keys/{id}`: 204, then 410 for a removed key, 404 for an unknown one.
+    pub fn delete_key(&mut self, auth: Option<&str>, id: &str, txn: &str) -> Reply {
+        let caller = match self.authenticate(auth, txn) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        let Some(index) = self.find_key(&caller, id) else {
+            return Reply::rc_error(
+                404,
+                "RC-NotFound",
+                format!("Resource key with id {id} not found"),
+                txn,
+            );
+        };
+        if caller.platform_role < PlatformRole::Operator {
+            return Reply::rc_error(
+                403,
+                "RC-IamErrorResponse",
+                "Not authorized to delete resource keys (platform role Operator or higher required)",
+                txn,
+            );
+        }
+        let key = &mut self.keys[index];
+        if key.state == "removed" {
+            return Reply::rc_error(
+                410,
+                "RC-Gone",
+                "The resource was valid but was removed in a previous call",
+                txn,
+            );
+        }
+        key.state = "removed".to_owned();
+        key.deleted_at = Some(rfc3339(now_unix()));
+        tracing::info!(key = %key.guid, "simulator: resource key deleted");
+        Reply::empty(204)
+    }
+
+    fn key_crn(&self, key: &Key) -> String {
+        let instance = self.instances.iter().find(|i| i.guid == key.instance_guid);
+        let (service, region) = instance
+            .map(|i| (i.service.as_str(), i.region.as_str()))
+            .unwrap_or(("unknown", "global"));
+        format!(
+            "crn:v1:bluemix:public:{service}:{region}:a/{}:{}:resource-key:{}",
+            key.account_id, key.instance_guid, key.guid
+        )
+    }
+
+    /// Credentials as the caller may see them: redacted when the caller's service role is lower
+    /// than the key's; for logdna/logdnaat the instance's *current* ingestion key.
+    fn credentials(&self, key: &Key, caller: &Caller) -> Value {
+        if key.state == "removed" {
+            return json!({});
+        }
+        if caller.service_role < key.role {
+            return json!({"REDACTED": "REDACTED"});
+        }
+        let mut creds = Map::new();
+        let instance = self.instances.iter().find(|i| i.guid == key.instance_guid);
+        let instance_crn = instance.map(Instance::crn).unwrap_or_default();
+        if let Some(i) = instance {
+            if let Some(ingestion) = &i.ingestion_key {
+                creds.insert("ingestion_key".into(), json!(ingestion));
+            }
+            if let Some(service_key) = &i.service_key {
+                creds.insert("service_key".into(), json!(service_key));
+            }
+        }
+        creds.insert("apikey".into(), json!(key.apikey));
+        creds.insert(
+            "iam_apikey_description".into(),
+            json!(format!(
+                "Auto generated apikey during resource-key operation for Instance - {instance_crn}"
+            )),
+        );
+        creds.insert(
+            "iam_apikey_name".into(),
+            json!(format!("auto-generated-apikey-{}", key.guid)),
+        );
+        creds.insert(
+            "iam_role_crn".into(),
+            json!(format!(
+                "crn:v1:bluemix:public:iam::::serviceRole:{}",
+                key.role.as_str()
+            )),
+        );
+        creds.insert(
+            "iam_serviceid_crn".into(),
+            json!(format!(
+                "crn:v1:bluemix:public:iam-identity::a/{}::serviceid:{}",
+                key.account_id, key.serviceid
+            )),
+        );
+        creds.insert("resource_instance_id".into(), json!(instance_crn));
+        Value::Object(creds)
+    }
+
+    fn key_json(&self, key: &Key, caller: &Caller) -> Value {
+        let crn = self.key_crn(key);
+        let instance = self.instances.iter().find(|i| i.guid == key.instance_guid);
+        json!({
+            "id": crn,
+            "guid": key.guid,
+            "url": format!("/v2/resource_keys/{}", key.guid),
+            "created_at": key.created_at,
+            "updated_at": key.deleted_at.as_ref().unwrap_or(&key.created_at),
+            "deleted_at": key.deleted_at,
+            "created_by": "IBMid-simulator",
+            "source_crn": instance.map(Instance::crn),
+            "name": key.name,
+            "crn": crn,
+            "state": key.state,
+            "account_id": key.account_id,
+            "resource_group_id": instance.map(|i| i.resource_group_id.clone()),
+            "resource_id": instance.map(|i| format!("{}-service-id", i.service)),
+            "onetime_credentials": false,
+            "credentials": self.credentials(key, caller),
+            "iam_compatible": true,
+            "migrated": false,
+            "resource_instance_url": format!("/v2/resource_instances/{}", key.instance_guid),
+            "resource_alias_url": null
+        })
+    }
+}
+
+fn decode_cursor(token: &str) -> Option<Cursor> {
+    if token.len() % 2 != 0 || token.len() > 8192 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    serde_json::from_slice(&bytes?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_530_568_223), "2018-07-02T21:50:23.000Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn key_name_rule() {
+        assert!(valid_key_name("ns.name:uid-1 _x"));
+        assert!(!valid_key_name(""));
+        assert!(!valid_key_name("a/b"));
+        assert!(!valid_key_name(&"a".repeat(181)));
+        assert!(valid_key_name(&"a".repeat(180)));
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let c = Cursor {
+            name: Some("x y".into()),
+            offset: 100,
+            ..Cursor::default()
+        };
+        let token: String = serde_json::to_vec(&c)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let back = decode_cursor(&token).unwrap();
+        assert_eq!(back.offset, 100);
+        assert_eq!(back.name.as_deref(), Some("x y"));
+        assert!(decode_cursor("zz").is_none());
+    }
+}
