@@ -147,12 +147,12 @@ impl ResourceKey {
     pub fn instance_guid(&self) -> Option<&str> {
         Crn::parse(&self.crn)
             .filter(|c| c.resource_type == "resource-key")
-            .map(|c| c.scope_resource)
+            .map(|c| c.service_instance)
             .or_else(|| {
                 self.source_crn
                     .as_deref()
                     .and_then(Crn::parse)
-                    .map(|c| c.resource)
+                    .map(|c| c.service_instance)
             })
             .filter(|g| !g.is_empty())
     }
@@ -279,10 +279,11 @@ pub struct Crn<'a> {
     /// e.g. `a/<account id>`.
     pub scope: &'a str,
     /// The service instance GUID.
-    pub resource: &'a str,
+    pub service_instance: &'a str,
+    /// e.g. `resource-key`; empty for an instance.
     pub resource_type: &'a str,
-    /// For a resource key: the key GUID.
-    pub scope_resource: &'a str,
+    /// For a resource key: the key GUID; empty for an instance.
+    pub resource: &'a str,
 }
 
 impl<'a> Crn<'a> {
@@ -298,9 +299,9 @@ impl<'a> Crn<'a> {
             service_name: parts[4],
             location: parts[5],
             scope: parts[6],
-            resource: parts[7],
+            service_instance: parts[7],
             resource_type: parts[8],
-            scope_resource: parts[9],
+            resource: parts[9],
         })
     }
 
@@ -320,8 +321,9 @@ mod tests {
         assert_eq!(c.service_name, "logdnaat");
         assert_eq!(c.location, "us-south");
         assert_eq!(c.account_id(), Some("acc"));
-        assert_eq!(c.resource, "8d7af921-b136-4078-9666-081bd8470d94");
-        assert_eq!(c.scope_resource, "k1");
+        assert_eq!(c.service_instance, "8d7af921-b136-4078-9666-081bd8470d94");
+        assert_eq!(c.resource_type, "resource-key");
+        assert_eq!(c.resource, "k1");
         assert!(Crn::parse("crn:v1:bluemix:public:logdna:eu-de:a/acc:g::").is_some());
         assert!(Crn::parse("CRN").is_none());
         assert!(Crn::parse("crn:v2:bluemix:public:logdna:eu-de:a/acc:g::").is_none());

@@ -348,6 +348,13 @@ impl Simulator {
         lock(&self.shared.world).issued_tokens()
     }
 
+    /// Every secret value the simulator knows: seeded API keys, issued tokens, per-key API keys,
+    /// ingestion and service keys. For tests that scan logs for leaks.
+    #[doc(hidden)]
+    pub fn secret_values(&self) -> Vec<SecretString> {
+        lock(&self.shared.world).secret_values()
+    }
+
     /// Stops accepting connections and closes open ones gracefully.
     pub async fn shutdown(self) {
         let _ = self._stop.send(true);

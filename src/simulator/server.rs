@@ -37,9 +37,15 @@ pub(crate) struct Shared {
 struct FaultState {
     faults: Faults,
     remaining_failures: Option<u64>,
-    window_start: u64,
-    window_count: u32,
+    nominal_window: Window,
+    fault_window: Window,
     rng: u64,
+}
+
+#[derive(Default)]
+struct Window {
+    start: u64,
+    count: u32,
 }
 
 /// What the fault layer decided for one request.
@@ -67,8 +73,7 @@ impl Shared {
         tracing::info!(?faults, "simulator: faults set");
         state.remaining_failures = faults.fail_count;
         state.faults = faults;
-        state.window_start = 0;
-        state.window_count = 0;
+        state.fault_window = Window::default();
     }
 
     fn next_transaction(&self) -> String {
@@ -85,22 +90,29 @@ impl Shared {
             .matching
             .as_deref()
             .is_none_or(|m| endpoint.starts_with(m));
-        let (limit, window) = match &state.faults.rate_limit {
-            Some(r) if matches => (r.limit, r.window_seconds.max(1)),
+        // Requests under a rate-limit fault count in their own window; all others in the nominal one.
+        let limited = matches && state.faults.rate_limit.is_some();
+        let (limit, window_len) = match &state.faults.rate_limit {
+            Some(r) if limited => (r.limit, r.window_seconds.max(1)),
             _ => (NOMINAL_LIMIT, NOMINAL_WINDOW),
         };
-        if now >= state.window_start + window {
-            state.window_start = now;
-            state.window_count = 0;
+        let window = if limited {
+            &mut state.fault_window
+        } else {
+            &mut state.nominal_window
+        };
+        if now >= window.start + window_len {
+            window.start = now;
+            window.count = 0;
         }
-        state.window_count = state.window_count.saturating_add(1);
-        let reset = state.window_start + window;
+        window.count = window.count.saturating_add(1);
+        let (count, reset) = (window.count, window.start + window_len);
         let mut verdict = Verdict {
             latency: Duration::ZERO,
             failure: None,
             extra_headers: Vec::new(),
             limit,
-            remaining: limit.saturating_sub(state.window_count),
+            remaining: limit.saturating_sub(count),
             reset,
         };
         if !matches {
@@ -108,7 +120,7 @@ impl Shared {
         }
         verdict.latency = Duration::from_millis(state.faults.latency_ms);
         if let Some(rate) = state.faults.rate_limit.clone()
-            && state.window_count > rate.limit
+            && count > rate.limit
         {
             verdict
                 .extra_headers

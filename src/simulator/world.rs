@@ -194,6 +194,8 @@ pub struct World {
     keys: Vec<Key>,
     tokens: HashMap<String, Token>,
     issued: Vec<String>,
+    /// Ingestion keys replaced by a reset (still secrets, for leak scans).
+    retired: Vec<String>,
     counter: u64,
     salt: [u8; 32],
 }
@@ -257,6 +259,7 @@ impl World {
             keys: Vec::new(),
             tokens: HashMap::new(),
             issued: Vec::new(),
+            retired: Vec::new(),
             counter: 0,
             salt: salt_input.finalize().into(),
         };
@@ -400,9 +403,11 @@ impl World {
         let fresh = self.new_hex("ingestion", 32);
         let instance = self.instances.iter_mut().find(|i| i.guid == guid)?;
         let slot = instance.ingestion_key.as_mut()?;
-        *slot = fresh;
+        let old = std::mem::replace(slot, fresh);
+        let current = slot.clone();
+        self.retired.push(old);
         tracing::info!(instance = guid, "simulator: ingestion key reset");
-        Some(SecretString::new(slot.clone()))
+        Some(SecretString::new(current))
     }
 
     pub fn ingestion_key(&self, guid: &str) -> Option<SecretString> {
@@ -455,6 +460,30 @@ impl World {
             .iter()
             .map(|t| SecretString::new(t.clone()))
             .collect()
+    }
+
+    pub fn secret_values(&self) -> Vec<SecretString> {
+        let mut out: Vec<SecretString> = self
+            .callers
+            .keys()
+            .chain(&self.issued)
+            .chain(&self.retired)
+            .map(|s| SecretString::new(s.clone()))
+            .collect();
+        out.extend(
+            self.keys
+                .iter()
+                .map(|k| SecretString::new(k.apikey.clone())),
+        );
+        for i in &self.instances {
+            out.extend(
+                i.ingestion_key
+                    .iter()
+                    .chain(i.service_key.iter())
+                    .map(|s| SecretString::new(s.clone())),
+            );
+        }
+        out
     }
 
     // ---- IAM -------------------------------------------------------------------------------
