@@ -1,0 +1,17 @@
+//! ingestion-key-operator: turns an `IngestionKeyRequest` into an IBM Cloud resource key and a
+//! Kubernetes Secret that log agents mount.
+//!
+//! Dependencies point inwards: `crd` and `redact` depend on nothing of ours; `ibm` (the IBM Cloud
+//! client) knows no Kubernetes types; `render` is pure; `reconciler` ties them together; `admin`,
+//! `telemetry` and `cli` are the outer shell.
+
+pub mod redact;
+pub mod ibm;
+pub mod simulator;
+pub mod crd;
+pub mod render;
+pub mod reconciler;
+pub mod metrics;
+pub mod admin;
+pub mod telemetry;
+pub mod cli;

@@ -1,0 +1,313 @@
+//! The `IngestionKeyRequest` controller: watches, reconcile, finalizer, back-off.
+//!
+//! Phases of one reconcile (see `apply`): validate -> read the API key Secret -> resolve the
+//! instance -> find or create the resource key -> render the Secret (pure, `crate::render`) ->
+//! apply it -> status. Deletion (see `cleanup`) deletes the key when the policy says so.
+
+mod apply;
+mod cleanup;
+pub mod error;
+mod status;
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, StreamExt, future::Shared};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller,
+        controller::{Action, Config as ControllerConfig},
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{self, finalizer},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use tracing::{debug, info, warn};
+
+pub use self::error::{ReconcileError, reason};
+use crate::{
+    crd::{FIELD_MANAGER, FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    ibm::{IbmCloud, ResourceInstance},
+    metrics::Metrics,
+    redact::SecretString,
+};
+
+/// Settings of the controller that are not part of any request.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// How long a name/GUID/CRN -> instance resolution is reused.
+    pub instance_cache_ttl: Duration,
+    /// After a key creation that may not have completed (crash, timeout), how long to wait for
+    /// the key to appear before creating it again.
+    pub key_creation_grace: Duration,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            instance_cache_ttl: Duration::from_secs(300),
+            key_creation_grace: Duration::from_secs(60),
+            concurrency: 16,
+        }
+    }
+}
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    pub client: Client,
+    pub ibm: IbmCloud,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    instances: Mutex<HashMap<String, (ResourceInstance, Instant)>>,
+    /// The last API key each request used, in memory only: lets deletion proceed when the API key
+    /// Secret went first (namespace deletion removes both at once).
+    last_api_keys: Mutex<HashMap<ObjectRef<IngestionKeyRequest>, SecretString>>,
+    failures: Mutex<HashMap<ObjectRef<IngestionKeyRequest>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, ibm: IbmCloud, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            ibm,
+            metrics,
+            settings,
+            instances: Mutex::default(),
+            last_api_keys: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    fn cached_instance(&self, cache_key: &str) -> Option<ResourceInstance> {
+        let cache = lock(&self.instances);
+        let (instance, at) = cache.get(cache_key)?;
+        (at.elapsed() < self.settings.instance_cache_ttl).then(|| instance.clone())
+    }
+
+    fn cache_instance(&self, cache_key: String, instance: &ResourceInstance) {
+        lock(&self.instances).insert(cache_key, (instance.clone(), Instant::now()));
+    }
+
+    fn forget_instance(&self, cache_key: &str) {
+        lock(&self.instances).remove(cache_key);
+    }
+
+    /// Publishes an event; a failure to do so is logged, never fatal.
+    async fn publish(&self, request: &IngestionKeyRequest, type_: EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(error) = self.recorder.publish(&event, &request.object_ref(&())).await {
+            warn!(namespace = request.namespace().unwrap_or_default(), name = request.name_any(), %error, "could not publish event");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One reconcile: the finalizer decides between apply and cleanup.
+async fn reconcile(request: Arc<IngestionKeyRequest>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let namespace = request.namespace().unwrap_or_default();
+    let name = request.name_any();
+    let api: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, request.clone(), |event| async {
+        match event {
+            finalizer::Event::Apply(request) => apply::apply(&request, &ctx).await,
+            finalizer::Event::Cleanup(request) => cleanup::cleanup(&request, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(source) => ReconcileError::Kubernetes { action: "add finalizer", source },
+        finalizer::Error::RemoveFinalizer(source) => ReconcileError::Kubernetes { action: "remove finalizer", source },
+        other => ReconcileError::Unexpected(other.to_string()),
+    });
+    if let Err(error) = &result
+        && !matches!(error, ReconcileError::Kubernetes { .. } | ReconcileError::Unexpected(_))
+    {
+        // Say what is wrong where users look: the Ready condition, and an event when it changes.
+        let transition = status::is_transition(&request, error.reason());
+        if let Err(status_error) = status::failed(&ctx, &request, error).await {
+            warn!(%namespace, %name, error = %status_error, "could not write failure status");
+        }
+        if transition {
+            ctx.publish(&request, EventType::Warning, error.reason(), error.to_string()).await;
+        }
+    }
+    let failure = result.as_ref().err().map(ReconcileError::reason);
+    ctx.metrics.observe_reconcile(started.elapsed(), failure);
+    let key = ObjectRef::from_obj(&*request);
+    match &result {
+        Ok(action) => {
+            lock(&ctx.failures).remove(&key);
+            debug!(%namespace, %name, ?action, "reconciled");
+        }
+        Err(error) => warn!(%namespace, %name, reason = error.reason(), %error, "reconcile failed"),
+    }
+    result
+}
+
+/// Back-off per request: transient errors retry soon and double up to 5 minutes; permanent ones
+/// wait long (a change to the request or its API key Secret triggers a reconcile anyway).
+fn error_policy(request: Arc<IngestionKeyRequest>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(&*request);
+    let attempt = {
+        let mut failures = lock(&ctx.failures);
+        let count = failures.entry(key.clone()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = backoff(error.is_transient(), attempt);
+    Action::requeue(jitter(delay, &key))
+}
+
+fn backoff(transient: bool, attempt: u32) -> Duration {
+    let (base, cap) = if transient {
+        (Duration::from_secs(1), Duration::from_secs(300))
+    } else {
+        (Duration::from_secs(300), Duration::from_secs(3600))
+    };
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+    base.saturating_mul(factor).min(cap)
+}
+
+/// Spreads requeues by up to +-10% so that many requests created together do not refresh in
+/// lock-step against IBM Cloud.
+fn jitter(delay: Duration, key: &ObjectRef<IngestionKeyRequest>) -> Duration {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    std::time::SystemTime::now().hash(&mut hasher);
+    let unit = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+    delay.mul_f64(1.0 + unit * 0.1)
+}
+
+/// Shared "stop now" signal for every controller and the admin server.
+pub type Shutdown = Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// Builds a [`Shutdown`] that resolves on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signals() -> Shutdown {
+    async {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutdown signal received; finishing running reconciles");
+    }
+    .boxed()
+    .shared()
+}
+
+/// Runs the controller(s) until `shutdown` resolves. `ready` is set once every watch has synced.
+pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) {
+    let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let managed_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let mut stores: Vec<kube::runtime::reflector::Store<IngestionKeyRequest>> = Vec::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let client = ctx.client.clone();
+        let (requests, secrets, secret_metadata) = match &scope {
+            None => (Api::all(client.clone()), Api::<Secret>::all(client.clone()), Api::<PartialObjectMeta<Secret>>::all(client)),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::<Secret>::namespaced(client.clone(), ns),
+                Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
+            ),
+        };
+        let controller = Controller::new(requests, watcher::Config::default())
+            .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
+        let store = controller.store();
+        stores.push(store.clone());
+        // API key Secrets are watched as metadata only and never cached: each event is mapped to
+        // the requests that reference that Secret, so fixing a missing API key acts at once.
+        let controller = controller
+            .owns(secrets, managed_secrets.clone())
+            .watches(secret_metadata, watcher::Config::default(), move |secret: PartialObjectMeta<Secret>| {
+                let namespace = secret.namespace();
+                let name = secret.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.namespace() == namespace && r.spec.api_key_secret_ref.name == name)
+                    .map(|r| ObjectRef::from_obj(&*r))
+                    .collect::<Vec<_>>()
+            })
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    debug!(%error, "controller event");
+                }
+            });
+        controllers.push(controller);
+    }
+    let readiness = async move {
+        for store in stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        ready.store(true, Ordering::Release);
+        info!("caches synced; ready");
+    };
+    tokio::join!(futures::future::join_all(controllers), readiness);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(true, 1), Duration::from_secs(1));
+        assert_eq!(backoff(true, 4), Duration::from_secs(8));
+        assert_eq!(backoff(true, 40), Duration::from_secs(300));
+        assert_eq!(backoff(false, 1), Duration::from_secs(300));
+        assert_eq!(backoff(false, 10), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let key = ObjectRef::<IngestionKeyRequest>::new("a").within("b");
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(100), &key);
+            assert!(d >= Duration::from_secs(90) && d <= Duration::from_secs(110), "{d:?}");
+        }
+    }
+}
