@@ -24,13 +24,11 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 /// `X-RateLimit-Reset` (Unix epoch seconds) on a 429. Every RC response carries the rate-limit
 /// headers, so `X-RateLimit-Reset` alone only counts when the request was actually limited.
 pub fn server_hint(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if let Some(value) = headers
+    let retry_after = headers
         .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-    {
-        if let Some(delay) = parse_retry_after(value, now) {
-            return Some(delay);
-        }
+        .and_then(|v| v.to_str().ok());
+    if let Some(delay) = retry_after.and_then(|v| parse_retry_after(v, now)) {
+        return Some(delay);
     }
     if status == 429 {
         return headers

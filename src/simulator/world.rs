@@ -1000,7 +1000,7 @@ impl World {
 }
 
 fn decode_cursor(token: &str) -> Option<Cursor> {
-    if token.len() % 2 != 0 || token.len() > 8192 {
+    if !token.len().is_multiple_of(2) || token.len() > 8192 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..token.len())
