@@ -1000,7 +1000,7 @@ async fn slow_responses_time_out() {
         .await
         .unwrap();
     env.sim.set_faults(Faults {
-        latency_ms: 600,
+        latency_ms: 2000,
         matching: Some(LIST.into()),
         ..Faults::default()
     });
@@ -1013,7 +1013,7 @@ async fn slow_responses_time_out() {
     assert_eq!(err.kind(), ErrorKind::Timeout);
     assert!(err.is_transient());
     assert!(
-        started.elapsed() < Duration::from_millis(1000),
+        started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
     );
@@ -1021,7 +1021,7 @@ async fn slow_responses_time_out() {
     assert_eq!(count(&env.client, LIST, "error"), 2);
 
     env.sim.set_faults(Faults {
-        latency_ms: 600,
+        latency_ms: 2000,
         matching: Some(CREATE.into()),
         ..Faults::default()
     });
