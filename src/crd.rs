@@ -213,7 +213,6 @@ pub struct InstanceStatus {
     /// Name of the instance.
     pub name: String,
     /// Region (region_id) of the instance.
-    #[serde(default)]
     pub region: String,
 }
 
