@@ -153,16 +153,15 @@ async fn secrets_that_are_not_ours_are_never_touched() {
 async fn a_crash_during_key_creation_leaves_exactly_one_key_per_request() {
     let env = Env::new("crash").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
-    // Key creations take 3 s: the operator is killed while they are in flight.
-    env.sim.set_faults(Faults { latency_ms: 3000, matching: Some("POST /v2/resource_keys".into()), ..Default::default() });
+    // Creations land in IBM Cloud at once, but their replies take 5 s: the operator is killed
+    // after keys exist that it has never seen, the case a blind retry would duplicate.
+    env.sim.set_faults(Faults { response_delay_ms: 5000, matching: Some("POST /v2/resource_keys".into()), ..Default::default() });
     let names: Vec<String> = (0..4).map(|i| format!("crash-{i}")).collect();
     for name in &names {
         env.create_request(name, json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": name}})).await;
     }
-    let sim = env.sim.clone();
-    wait_for("key creations to be in flight", WAIT, || {
-        let sim = sim.clone();
-        async move { sim.calls().get("POST /v2/resource_keys").copied().unwrap_or(0) >= 2 }
+    wait_for("keys to exist whose creation replies are still in flight", WAIT, || async {
+        names.iter().filter(|n| env.active_keys_of(n) == 1).count() >= 2
     })
     .await;
     let mut env = env;
@@ -173,16 +172,13 @@ async fn a_crash_during_key_creation_leaves_exactly_one_key_per_request() {
         env.wait_ready(name).await;
     }
     for name in &names {
-        // Creations that landed after the crash are found by name, duplicates removed: wait for
-        // the simulator to settle on one active key per request.
-        let sim_env = &env;
-        wait_for(&format!("exactly one active key for {name}"), WAIT, || async move { sim_env.active_keys_of(name) == 1 }).await;
         let request = env.requests().get(name).await.unwrap();
         let recorded = request.status.unwrap().resource_key.unwrap().guid;
         let active: Vec<String> = env.sim_keys_of(name).into_iter().filter(|(_, s)| s == "active").map(|(g, _)| g).collect();
-        assert_eq!(active, vec![recorded], "the active key is the recorded one");
+        assert_eq!(active, vec![recorded], "exactly one active key for {name}, the recorded one");
         env.secret_value(name, "logdna-agent-key").await;
     }
+    assert!(env.has_event("ResourceKeyReused").await, "keys created before the crash were found by name and reused");
     env.finish().await;
 }
 

@@ -203,6 +203,9 @@ pub struct Faults {
     pub error_status: u16,
     /// Added to every matching request before it is handled.
     pub latency_ms: u64,
+    /// Added after a matching request was handled, before the reply is sent: a client that gives
+    /// up (or dies) meanwhile never sees an outcome that did happen (a created key, say).
+    pub response_delay_ms: u64,
     pub rate_limit: Option<RateLimit>,
     pub matching: Option<String>,
     /// Fail exactly the next N matching requests (takes precedence over `error_rate`).
@@ -219,6 +222,7 @@ impl Default for Faults {
             error_rate: 0.0,
             error_status: 503,
             latency_ms: 0,
+            response_delay_ms: 0,
             rate_limit: None,
             matching: None,
             fail_count: None,

@@ -51,6 +51,7 @@ struct Window {
 /// What the fault layer decided for one request.
 struct Verdict {
     latency: Duration,
+    response_delay: Duration,
     failure: Option<Reply>,
     extra_headers: Vec<(&'static str, String)>,
     limit: u32,
@@ -109,6 +110,7 @@ impl Shared {
         let (count, reset) = (window.count, window.start + window_len);
         let mut verdict = Verdict {
             latency: Duration::ZERO,
+            response_delay: Duration::ZERO,
             failure: None,
             extra_headers: Vec::new(),
             limit,
@@ -119,6 +121,7 @@ impl Shared {
             return verdict;
         }
         verdict.latency = Duration::from_millis(state.faults.latency_ms);
+        verdict.response_delay = Duration::from_millis(state.faults.response_delay_ms);
         if let Some(rate) = state.faults.rate_limit.clone()
             && count > rate.limit
         {
@@ -422,6 +425,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         }
     };
     tracing::debug!(%endpoint, status = reply.status, transaction_id = %txn, "simulator: handled request");
+    if !verdict.response_delay.is_zero() {
+        tokio::time::sleep(verdict.response_delay).await;
+    }
     respond(reply, &txn, rate, &verdict.extra_headers)
 }
 
