@@ -11,7 +11,9 @@ use std::{
 };
 
 use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper::{
+    Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn,
+};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -42,19 +44,27 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
                 async move { Ok::<_, Infallible>(respond(&state, &request)) }
             });
             // A client that hangs up early is not worth a log line.
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
 fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
     }
     match request.uri().path() {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n".into()),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "caches not synced yet\n".into(),
+        ),
         "/metrics" => {
             let mut response = text(StatusCode::OK, (state.metrics)());
             response.headers_mut().insert(
@@ -82,7 +92,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(false));
-        let state = AdminState { ready: ready.clone(), metrics: Arc::new(|| "some_metric 1\n".to_string()) };
+        let state = AdminState {
+            ready: ready.clone(),
+            metrics: Arc::new(|| "some_metric 1\n".to_string()),
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, state, async {
             let _ = stopped.await;
@@ -93,7 +106,10 @@ mod tests {
         assert_eq!(get("/readyz").await.unwrap().status(), 503);
         ready.store(true, Ordering::Release);
         assert_eq!(get("/readyz").await.unwrap().status(), 200);
-        assert_eq!(get("/metrics").await.unwrap().text().await.unwrap(), "some_metric 1\n");
+        assert_eq!(
+            get("/metrics").await.unwrap().text().await.unwrap(),
+            "some_metric 1\n"
+        );
         assert_eq!(get("/nope").await.unwrap().status(), 404);
         stop.send(()).unwrap();
         server.await.unwrap();

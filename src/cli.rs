@@ -8,10 +8,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
-use kube::{
-    Api, CustomResourceExt,
-    api::ListParams,
-};
+use kube::{Api, CustomResourceExt, api::ListParams};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -25,7 +22,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "ingestion-key-operator", version, about = "Keeps IBM Cloud ingestion keys (resource key credentials) in Kubernetes Secrets for log agents")]
+#[command(
+    name = "ingestion-key-operator",
+    version,
+    about = "Keeps IBM Cloud ingestion keys (resource key credentials) in Kubernetes Secrets for log agents"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -47,10 +48,18 @@ pub struct RunArgs {
     #[arg(long = "namespace", value_name = "NS")]
     pub namespaces: Vec<String>,
     /// IBM Cloud IAM endpoint (https, or http on loopback).
-    #[arg(long, env = "IBMCLOUD_IAM_ENDPOINT", default_value = "https://iam.cloud.ibm.com")]
+    #[arg(
+        long,
+        env = "IBMCLOUD_IAM_ENDPOINT",
+        default_value = "https://iam.cloud.ibm.com"
+    )]
     pub iam_endpoint: String,
     /// IBM Cloud Resource Controller endpoint (https, or http on loopback).
-    #[arg(long, env = "IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT", default_value = "https://resource-controller.cloud.ibm.com")]
+    #[arg(
+        long,
+        env = "IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT",
+        default_value = "https://resource-controller.cloud.ibm.com"
+    )]
     pub resource_controller_endpoint: String,
     /// Address of the admin server: /metrics, /healthz, /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
@@ -95,7 +104,10 @@ pub enum CliError {
     )]
     CrdMissing(#[source] kube::Error),
     #[error("could not listen on admin address {addr}: {source}")]
-    AdminListen { addr: SocketAddr, source: std::io::Error },
+    AdminListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("could not render the CRD as YAML: {0}")]
     CrdYaml(String),
     #[error("simulator: {0}")]
@@ -104,7 +116,8 @@ pub enum CliError {
 
 /// The CRD as YAML, exactly as `crds/ingestionkeyrequests.keysync.dev.yaml` holds it.
 pub fn crd_yaml() -> Result<String, CliError> {
-    serde_saphyr::to_string(&IngestionKeyRequest::crd()).map_err(|e| CliError::CrdYaml(e.to_string()))
+    serde_saphyr::to_string(&IngestionKeyRequest::crd())
+        .map_err(|e| CliError::CrdYaml(e.to_string()))
 }
 
 pub async fn execute(cli: Cli) -> Result<(), CliError> {
@@ -115,7 +128,9 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         }
         Command::Simulator(args) => {
             telemetry::init(LogFormat::Text);
-            crate::simulator::run(args.listen, &args.seed).await.map_err(|e| CliError::Simulator(e.to_string()))
+            crate::simulator::run(args.listen, &args.seed)
+                .await
+                .map_err(|e| CliError::Simulator(e.to_string()))
         }
         Command::Run(args) => run(args).await,
     }
@@ -125,16 +140,27 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     telemetry::init(args.log_format);
     let endpoints = Endpoints::new(&args.iam_endpoint, &args.resource_controller_endpoint)?;
     let ibm = IbmCloud::new(endpoints, ClientConfig::default())?;
-    let client = kube::Client::try_default().await.map_err(CliError::KubeClient)?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(CliError::KubeClient)?;
 
     // Fail fast, with the fix in the message, when the CRD is missing.
     let probe: Api<IngestionKeyRequest> = match args.namespaces.first() {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    probe.list(&ListParams::default().limit(1)).await.map_err(CliError::CrdMissing)?;
+    probe
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(CliError::CrdMissing)?;
 
-    let listener = TcpListener::bind(args.admin_addr).await.map_err(|source| CliError::AdminListen { addr: args.admin_addr, source })?;
+    let listener =
+        TcpListener::bind(args.admin_addr)
+            .await
+            .map_err(|source| CliError::AdminListen {
+                addr: args.admin_addr,
+                source,
+            })?;
     let metrics = Arc::new(Metrics::default());
     let settings = Settings {
         namespaces: args.namespaces.clone(),
@@ -149,8 +175,19 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         let metrics = metrics.clone();
         Arc::new(move || metrics.render(&ibm.request_counts()))
     };
-    let admin = admin::serve(listener, AdminState { ready: ready.clone(), metrics: render }, shutdown.clone());
-    let scope = if args.namespaces.is_empty() { "all namespaces".to_string() } else { args.namespaces.join(",") };
+    let admin = admin::serve(
+        listener,
+        AdminState {
+            ready: ready.clone(),
+            metrics: render,
+        },
+        shutdown.clone(),
+    );
+    let scope = if args.namespaces.is_empty() {
+        "all namespaces".to_string()
+    } else {
+        args.namespaces.join(",")
+    };
     info!(version = env!("CARGO_PKG_VERSION"), admin_addr = %args.admin_addr, namespaces = %scope, "starting ingestion-key-operator");
     tokio::join!(reconciler::run(ctx, ready, shutdown), admin);
     info!("stopped");

@@ -1,6 +1,10 @@
 //! The `IngestionKeyRequest` custom resource (group `keysync.dev`, version `v1alpha1`), its names,
 //! and the validation the operator applies itself (older API servers ignore CEL rules).
 
+// Several `printcolumn(...)` attributes share `type_ = "string"`, which clippy takes for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -35,11 +39,33 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
     status = "IngestionKeyRequestStatus",
     derive = "PartialEq",
     doc = "Asks the operator for an IBM Cloud resource key on a service instance (Log Analysis, Activity Tracker, Cloud Logs) and keeps one of its credentials in a Secret that log agents mount.",
-    printcolumn(name = "Instance", type_ = "string", json_path = ".status.instance.name", description = "Name of the resolved IBM Cloud service instance"),
-    printcolumn(name = "Secret", type_ = "string", json_path = ".spec.secret.name", description = "Secret that receives the credential"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Instance",
+        type_ = "string",
+        json_path = ".status.instance.name",
+        description = "Name of the resolved IBM Cloud service instance"
+    ),
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".spec.secret.name",
+        description = "Secret that receives the credential"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IngestionKeyRequestSpec {
@@ -125,7 +151,11 @@ pub struct ResourceKeySpec {
 
 impl Default for ResourceKeySpec {
     fn default() -> Self {
-        Self { name: None, role: default_role(), credential_field: default_credential_field() }
+        Self {
+            name: None,
+            role: default_role(),
+            credential_field: default_credential_field(),
+        }
     }
 }
 
@@ -161,7 +191,9 @@ impl Default for SecretSpec {
 }
 
 /// What happens to the IBM Cloud resource key when the request is deleted.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub enum DeletionPolicy {
     /// Delete the resource key in IBM Cloud.
     #[default]
@@ -262,7 +294,12 @@ fn default_secret_key() -> String {
 /// How the instance is identified, after validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InstanceSelector {
-    Name { name: String, resource_group_id: Option<String>, region: Option<String>, service_name: Option<String> },
+    Name {
+        name: String,
+        resource_group_id: Option<String>,
+        region: Option<String>,
+        service_name: Option<String>,
+    },
     Guid(String),
     Crn(String),
 }
@@ -281,7 +318,11 @@ pub struct ValidSpec {
 pub struct SpecError(pub String);
 
 fn non_empty(value: &Option<String>) -> Option<String> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned)
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 /// Checks what the CRD's schema and CEL rules check (older API servers skip CEL), plus what no
@@ -289,7 +330,11 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
     let spec = &request.spec;
     let instance = &spec.instance;
-    let selectors = [non_empty(&instance.name), non_empty(&instance.guid), non_empty(&instance.crn)];
+    let selectors = [
+        non_empty(&instance.name),
+        non_empty(&instance.guid),
+        non_empty(&instance.crn),
+    ];
     let instance_selector = match selectors {
         [Some(name), None, None] => InstanceSelector::Name {
             name,
@@ -300,37 +345,66 @@ pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
         [None, Some(guid), None] => InstanceSelector::Guid(guid),
         [None, None, Some(crn)] => {
             if !crn.starts_with("crn:") || crn.split(':').count() < 8 {
-                return Err(SpecError(format!("spec.instance.crn {crn:?} is not a CRN (crn:v1:...:...)")));
+                return Err(SpecError(format!(
+                    "spec.instance.crn {crn:?} is not a CRN (crn:v1:...:...)"
+                )));
             }
             InstanceSelector::Crn(crn)
         }
-        _ => return Err(SpecError("set exactly one of spec.instance.name, spec.instance.guid, spec.instance.crn".into())),
+        _ => {
+            return Err(SpecError(
+                "set exactly one of spec.instance.name, spec.instance.guid, spec.instance.crn"
+                    .into(),
+            ));
+        }
     };
     if spec.api_key_secret_ref.name.trim().is_empty() {
-        return Err(SpecError("spec.apiKeySecretRef.name must name a Secret in this namespace".into()));
+        return Err(SpecError(
+            "spec.apiKeySecretRef.name must name a Secret in this namespace".into(),
+        ));
     }
     if !is_secret_data_key(&spec.api_key_secret_ref.key) {
-        return Err(SpecError(format!("spec.apiKeySecretRef.key {:?} is not a valid Secret key", spec.api_key_secret_ref.key)));
+        return Err(SpecError(format!(
+            "spec.apiKeySecretRef.key {:?} is not a valid Secret key",
+            spec.api_key_secret_ref.key
+        )));
     }
     if !is_dns_subdomain(&spec.secret.name) {
-        return Err(SpecError(format!("spec.secret.name {:?} is not a valid Secret name", spec.secret.name)));
+        return Err(SpecError(format!(
+            "spec.secret.name {:?} is not a valid Secret name",
+            spec.secret.name
+        )));
     }
     if !is_secret_data_key(&spec.secret.key) {
-        return Err(SpecError(format!("spec.secret.key {:?} is not a valid Secret key", spec.secret.key)));
+        return Err(SpecError(format!(
+            "spec.secret.key {:?} is not a valid Secret key",
+            spec.secret.key
+        )));
     }
     if spec.resource_key.role.trim().is_empty() {
         return Err(SpecError("spec.resourceKey.role must not be empty".into()));
     }
     if spec.resource_key.credential_field.trim().is_empty() {
-        return Err(SpecError("spec.resourceKey.credentialField must not be empty".into()));
+        return Err(SpecError(
+            "spec.resourceKey.credentialField must not be empty".into(),
+        ));
     }
     if spec.secret.labels.contains_key(MANAGED_BY_LABEL) {
-        return Err(SpecError(format!("spec.secret.labels must not set {MANAGED_BY_LABEL}: the operator owns it")));
+        return Err(SpecError(format!(
+            "spec.secret.labels must not set {MANAGED_BY_LABEL}: the operator owns it"
+        )));
     }
-    let refresh_interval = parse_duration(&spec.refresh_interval)
-        .ok_or_else(|| SpecError(format!("spec.refreshInterval {:?} is not a duration like 30s, 15m or 1h", spec.refresh_interval)))?;
+    let refresh_interval = parse_duration(&spec.refresh_interval).ok_or_else(|| {
+        SpecError(format!(
+            "spec.refreshInterval {:?} is not a duration like 30s, 15m or 1h",
+            spec.refresh_interval
+        ))
+    })?;
     if refresh_interval < MIN_REFRESH_INTERVAL {
-        return Err(SpecError(format!("spec.refreshInterval must be at least {}s", MIN_REFRESH_INTERVAL.as_secs())));
+        return Err(SpecError(format!(
+            "spec.refreshInterval must be at least {}s",
+            MIN_REFRESH_INTERVAL.as_secs()
+        )));
     }
     let key_name = match non_empty(&spec.resource_key.name) {
         Some(name) => {
@@ -341,16 +415,23 @@ pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
             }
             name
         }
-        None => default_key_name(request).ok_or_else(|| SpecError("the request has no namespace, name or uid yet".into()))?,
+        None => default_key_name(request)
+            .ok_or_else(|| SpecError("the request has no namespace, name or uid yet".into()))?,
     };
-    Ok(ValidSpec { instance: instance_selector, refresh_interval, key_name })
+    Ok(ValidSpec {
+        instance: instance_selector,
+        refresh_interval,
+        key_name,
+    })
 }
 
 /// IBM's rule for resource key names: at most 180 characters; letters, digits, space, - . _ :
 pub fn is_valid_key_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= 180
-        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '.' | '_' | ':'))
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '.' | '_' | ':'))
 }
 
 /// `ikr:<namespace>:<name>:<first 8 of uid>`: readable in the IBM Cloud console, unique to the
@@ -359,7 +440,11 @@ pub fn default_key_name(request: &IngestionKeyRequest) -> Option<String> {
     let namespace = request.metadata.namespace.as_deref()?;
     let name = request.metadata.name.as_deref()?;
     let uid = request.metadata.uid.as_deref()?;
-    let uid_part: String = uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+    let uid_part: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
     let fixed = "ikr:".len() + namespace.len() + 2 + uid_part.len();
     let room = 180usize.saturating_sub(fixed);
     let name: String = name.chars().take(room).collect();
@@ -371,14 +456,20 @@ fn is_dns_subdomain(name: &str) -> bool {
         && name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
-                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
 }
 
 fn is_secret_data_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= 253 && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Parses Go-style durations as used across Kubernetes: `90s`, `15m`, `1h30m`, `500ms`.
@@ -390,13 +481,17 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let value: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(value),
             "s" => Duration::from_secs(value),
@@ -451,8 +546,13 @@ mod tests {
             let err = validate(&request(yaml)).unwrap_err();
             assert!(err.0.contains("exactly one"), "{yaml}: {err}");
         }
-        let r = request("instance: {crn: 'crn:v1:bluemix:public:logdnaat:us-south:a/acc:guid::'}\napiKeySecretRef: {name: k}\n");
-        assert!(matches!(validate(&r).unwrap().instance, InstanceSelector::Crn(_)));
+        let r = request(
+            "instance: {crn: 'crn:v1:bluemix:public:logdnaat:us-south:a/acc:guid::'}\napiKeySecretRef: {name: k}\n",
+        );
+        assert!(matches!(
+            validate(&r).unwrap().instance,
+            InstanceSelector::Crn(_)
+        ));
         let r = request("instance: {crn: 'not-a-crn'}\napiKeySecretRef: {name: k}\n");
         assert!(validate(&r).is_err());
     }
@@ -469,7 +569,10 @@ mod tests {
         ];
         for extra in bad {
             let yaml = format!("instance: {{name: a}}\napiKeySecretRef: {{name: k}}\n{extra}\n");
-            assert!(validate(&request(&yaml)).is_err(), "{extra} should be rejected");
+            assert!(
+                validate(&request(&yaml)).is_err(),
+                "{extra} should be rejected"
+            );
         }
     }
 

@@ -5,13 +5,13 @@
 //! client) knows no Kubernetes types; `render` is pure; `reconciler` ties them together; `admin`,
 //! `telemetry` and `cli` are the outer shell.
 
-pub mod redact;
-pub mod ibm;
-pub mod simulator;
-pub mod crd;
-pub mod render;
-pub mod reconciler;
-pub mod metrics;
 pub mod admin;
-pub mod telemetry;
 pub mod cli;
+pub mod crd;
+pub mod ibm;
+pub mod metrics;
+pub mod reconciler;
+pub mod redact;
+pub mod render;
+pub mod simulator;
+pub mod telemetry;

@@ -1,16 +1,13 @@
 //! Reconcile metrics in the Prometheus text format. A handful of counters and one histogram do
 //! not justify a metrics crate; the format is simple and tested here.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt::Write, sync::Mutex, time::Duration};
 
 const PREFIX: &str = "ingestion_key_operator";
 /// Upper bounds (seconds) of the reconcile duration histogram.
-const DURATION_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -30,7 +27,11 @@ pub struct Metrics {
 impl Metrics {
     /// Records one reconcile: `failure_reason` is the stable condition reason when it failed.
     pub fn observe_reconcile(&self, elapsed: Duration, failure_reason: Option<&'static str>) {
-        let result = if failure_reason.is_some() { "error" } else { "success" };
+        let result = if failure_reason.is_some() {
+            "error"
+        } else {
+            "success"
+        };
         *lock(&self.reconciles).entry(result).or_default() += 1;
         if let Some(reason) = failure_reason {
             *lock(&self.failures).entry(reason).or_default() += 1;
@@ -55,26 +56,70 @@ impl Metrics {
     /// (`((endpoint, status), count)`, as the IBM client reports them).
     pub fn render(&self, ibm_requests: &[((String, String), u64)]) -> String {
         let mut out = String::new();
-        header(&mut out, "reconcile_total", "counter", "Reconciles of IngestionKeyRequests, by result.");
+        header(
+            &mut out,
+            "reconcile_total",
+            "counter",
+            "Reconciles of IngestionKeyRequests, by result.",
+        );
         for (result, count) in lock(&self.reconciles).iter() {
-            let _ = writeln!(out, "{PREFIX}_reconcile_total{{result=\"{result}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{PREFIX}_reconcile_total{{result=\"{result}\"}} {count}"
+            );
         }
-        header(&mut out, "reconcile_failures_total", "counter", "Failed reconciles, by condition reason.");
+        header(
+            &mut out,
+            "reconcile_failures_total",
+            "counter",
+            "Failed reconciles, by condition reason.",
+        );
         for (reason, count) in lock(&self.failures).iter() {
-            let _ = writeln!(out, "{PREFIX}_reconcile_failures_total{{reason=\"{reason}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{PREFIX}_reconcile_failures_total{{reason=\"{reason}\"}} {count}"
+            );
         }
-        header(&mut out, "reconcile_duration_seconds", "histogram", "Time spent in one reconcile.");
+        header(
+            &mut out,
+            "reconcile_duration_seconds",
+            "histogram",
+            "Time spent in one reconcile.",
+        );
         let histogram = lock(&self.duration);
         for (count, bound) in histogram.counts.iter().zip(DURATION_BUCKETS) {
-            let _ = writeln!(out, "{PREFIX}_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{PREFIX}_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+            );
         }
-        let _ = writeln!(out, "{PREFIX}_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}", histogram.count);
-        let _ = writeln!(out, "{PREFIX}_reconcile_duration_seconds_sum {}", histogram.sum);
-        let _ = writeln!(out, "{PREFIX}_reconcile_duration_seconds_count {}", histogram.count);
-        header(&mut out, "ibm_requests_total", "counter", "Requests to IBM Cloud (IAM and Resource Controller), by endpoint and HTTP status.");
+        let _ = writeln!(
+            out,
+            "{PREFIX}_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            histogram.count
+        );
+        let _ = writeln!(
+            out,
+            "{PREFIX}_reconcile_duration_seconds_sum {}",
+            histogram.sum
+        );
+        let _ = writeln!(
+            out,
+            "{PREFIX}_reconcile_duration_seconds_count {}",
+            histogram.count
+        );
+        header(
+            &mut out,
+            "ibm_requests_total",
+            "counter",
+            "Requests to IBM Cloud (IAM and Resource Controller), by endpoint and HTTP status.",
+        );
         for ((endpoint, status), count) in ibm_requests {
             let endpoint = endpoint.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(out, "{PREFIX}_ibm_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "{PREFIX}_ibm_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
+            );
         }
         out
     }
@@ -87,7 +132,9 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Metrics must keep working even if a thread panicked while holding a lock.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -102,9 +149,17 @@ mod tests {
         let text = metrics.render(&[(("POST /identity/token".into(), "200".into()), 2)]);
         assert!(text.contains("ingestion_key_operator_reconcile_total{result=\"success\"} 1"));
         assert!(text.contains("ingestion_key_operator_reconcile_total{result=\"error\"} 1"));
-        assert!(text.contains("ingestion_key_operator_reconcile_failures_total{reason=\"InstanceNotFound\"} 1"));
-        assert!(text.contains("ingestion_key_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 1"));
-        assert!(text.contains("ingestion_key_operator_reconcile_duration_seconds_bucket{le=\"5\"} 2"));
+        assert!(text.contains(
+            "ingestion_key_operator_reconcile_failures_total{reason=\"InstanceNotFound\"} 1"
+        ));
+        assert!(
+            text.contains(
+                "ingestion_key_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 1"
+            )
+        );
+        assert!(
+            text.contains("ingestion_key_operator_reconcile_duration_seconds_bucket{le=\"5\"} 2")
+        );
         assert!(text.contains("ingestion_key_operator_reconcile_duration_seconds_count 2"));
         assert!(text.contains("ingestion_key_operator_ibm_requests_total{endpoint=\"POST /identity/token\",status=\"200\"} 2"));
         assert_eq!(metrics.failures("InstanceNotFound"), 1);

@@ -33,7 +33,10 @@ impl SecretString {
 
     /// Full SHA-256 hex digest, used as a cache key in place of the value itself.
     pub fn digest_hex(&self) -> String {
-        Sha256::digest(self.0.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(self.0.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 

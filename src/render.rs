@@ -39,7 +39,10 @@ pub fn render_secret(request: &IngestionKeyRequest, credential: &SecretString) -
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(spec.key.clone(), ByteString(credential.expose().as_bytes().to_vec()))])),
+        data: Some(BTreeMap::from([(
+            spec.key.clone(),
+            ByteString(credential.expose().as_bytes().to_vec()),
+        )])),
         ..Default::default()
     })
 }
@@ -59,44 +62,78 @@ pub enum SecretOwnership {
 
 /// Classifies `existing` for `request` (contract rule 7).
 pub fn ownership(existing: &Secret, request: &IngestionKeyRequest) -> SecretOwnership {
-    let labelled = existing.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str)
+    let labelled = existing
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .map(String::as_str)
         == Some(MANAGED_BY_VALUE);
     if !labelled {
         return SecretOwnership::Foreign;
     }
-    let controller = existing.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    let controller = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
     match controller {
         None => SecretOwnership::OrphanOfOurs,
-        Some(owner) if is_request_ref(owner) && Some(&owner.uid) == request.metadata.uid.as_ref() => SecretOwnership::Ours,
-        Some(owner) if is_request_ref(owner) => {
-            SecretOwnership::OtherRequest { name: owner.name.clone(), uid: owner.uid.clone() }
+        Some(owner)
+            if is_request_ref(owner) && Some(&owner.uid) == request.metadata.uid.as_ref() =>
+        {
+            SecretOwnership::Ours
         }
+        Some(owner) if is_request_ref(owner) => SecretOwnership::OtherRequest {
+            name: owner.name.clone(),
+            uid: owner.uid.clone(),
+        },
         Some(_) => SecretOwnership::Foreign,
     }
 }
 
 fn is_request_ref(owner: &OwnerReference) -> bool {
-    owner.kind == IngestionKeyRequest::kind(&()) && owner.api_version == IngestionKeyRequest::api_version(&())
+    owner.kind == IngestionKeyRequest::kind(&())
+        && owner.api_version == IngestionKeyRequest::api_version(&())
 }
 
 /// Whether `existing` differs from `desired` in anything we manage: data, our labels and
 /// annotations, the controlling owner. Fields others added are left alone and do not count.
 pub fn needs_update(existing: &Secret, desired: &Secret) -> bool {
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
-        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
     existing.data != desired.data
         || !subset(&desired.metadata.labels, &existing.metadata.labels)
-        || !subset(&desired.metadata.annotations, &existing.metadata.annotations)
-        || desired.metadata.owner_references.iter().flatten().any(|want| {
-            !existing.metadata.owner_references.iter().flatten().any(|have| have.uid == want.uid && have.controller == Some(true))
-        })
+        || !subset(
+            &desired.metadata.annotations,
+            &existing.metadata.annotations,
+        )
+        || desired
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|want| {
+                !existing
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|have| have.uid == want.uid && have.controller == Some(true))
+            })
 }
 
 /// The credential currently stored in a Secret under `key`, if any.
 pub fn stored_credential(existing: &Secret, key: &str) -> Option<SecretString> {
     let bytes = existing.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok().map(SecretString::new)
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .map(SecretString::new)
 }
 
 #[cfg(test)]
@@ -123,12 +160,23 @@ mod tests {
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
         assert_eq!(labels["team"], "obs");
         let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.uid.as_str(), owner.controller), ("uid-1", Some(true)));
-        assert_eq!(stored_credential(&secret, "logdna-agent-key").unwrap().expose(), "ingest-123");
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            ("uid-1", Some(true))
+        );
+        assert_eq!(
+            stored_credential(&secret, "logdna-agent-key")
+                .unwrap()
+                .expose(),
+            "ingest-123"
+        );
         assert_eq!(ownership(&secret, &request("uid-1")), SecretOwnership::Ours);
         assert_eq!(
             ownership(&secret, &request("uid-2")),
-            SecretOwnership::OtherRequest { name: "at".into(), uid: "uid-1".into() }
+            SecretOwnership::OtherRequest {
+                name: "at".into(),
+                uid: "uid-1".into()
+            }
         );
     }
 
@@ -157,9 +205,17 @@ mod tests {
         let req = request("uid-1");
         let desired = render_secret(&req, &SecretString::new("v1")).unwrap();
         let mut existing = desired.clone();
-        existing.metadata.labels.as_mut().unwrap().insert("added-by-someone".into(), "x".into());
+        existing
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("added-by-someone".into(), "x".into());
         assert!(!needs_update(&existing, &desired));
-        existing.data = Some(BTreeMap::from([("logdna-agent-key".into(), ByteString(b"edited".to_vec()))]));
+        existing.data = Some(BTreeMap::from([(
+            "logdna-agent-key".into(),
+            ByteString(b"edited".to_vec()),
+        )]));
         assert!(needs_update(&existing, &desired));
         let rotated = render_secret(&req, &SecretString::new("v2")).unwrap();
         assert!(needs_update(&desired, &rotated));

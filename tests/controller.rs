@@ -34,15 +34,36 @@ async fn requests_by_name_guid_and_crn_become_ready_with_one_key_each() {
         assert_eq!(status.instance.as_ref().unwrap().guid, AT_GUID);
         assert_eq!(status.secret_name.as_deref(), Some(name));
         assert_eq!(status.observed_generation, request.metadata.generation);
-        assert!(key.name.starts_with(&format!("ikr:{}:{name}:", env.ns)), "{}", key.name);
+        assert!(
+            key.name.starts_with(&format!("ikr:{}:{name}:", env.ns)),
+            "{}",
+            key.name
+        );
 
         let expected = env.key_credential(&key.guid, "ingestion_key").await;
         let secret = env.secret(name).await.expect("Secret written");
-        assert_eq!(secret_data(&secret, "logdna-agent-key").as_deref(), Some(expected.as_str()));
-        assert_eq!(secret.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("ingestion-key-operator"));
+        assert_eq!(
+            secret_data(&secret, "logdna-agent-key").as_deref(),
+            Some(expected.as_str())
+        );
+        assert_eq!(
+            secret
+                .labels()
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("ingestion-key-operator")
+        );
         let owner = &secret.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("IngestionKeyRequest", uid(&request).as_str(), Some(true)));
-        assert!(status.key_fingerprint.as_deref().is_some_and(|f| f.starts_with("sha256:") && !f.contains(&expected)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("IngestionKeyRequest", uid(&request).as_str(), Some(true))
+        );
+        assert!(
+            status
+                .key_fingerprint
+                .as_deref()
+                .is_some_and(|f| f.starts_with("sha256:") && !f.contains(&expected))
+        );
         assert_eq!(env.active_keys_of(name), 1, "exactly one key for {name}");
     }
     assert!(env.has_event("ResourceKeyCreated").await);
@@ -51,7 +72,10 @@ async fn requests_by_name_guid_and_crn_become_ready_with_one_key_each() {
     // One API key value across three requests: the operator made one token exchange, not three.
     let metrics = env.operator.metrics().await;
     assert!(metrics.contains("ingestion_key_operator_ibm_requests_total{endpoint=\"POST /identity/token\",status=\"200\"} 1\n"), "{metrics}");
-    assert!(metrics.contains("ingestion_key_operator_reconcile_total{result=\"success\"}"), "{metrics}");
+    assert!(
+        metrics.contains("ingestion_key_operator_reconcile_total{result=\"success\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("ingestion_key_operator_ibm_requests_total{endpoint=\"POST /v2/resource_keys\",status=\"201\"} 3"), "{metrics}");
     env.finish().await;
 }
@@ -73,8 +97,14 @@ async fn cloud_logs_request_copies_the_keys_api_key() {
     let request = env.wait_ready("logs-agent").await;
     let key = request.status.unwrap().resource_key.unwrap();
     let expected = env.key_credential(&key.guid, "apikey").await;
-    assert_ne!(expected, MANAGER_KEY, "the key's own API key, not the operator's");
-    assert_eq!(env.secret_value("logs-agent", "IAM_API_KEY").await, expected);
+    assert_ne!(
+        expected, MANAGER_KEY,
+        "the key's own API key, not the operator's"
+    );
+    assert_eq!(
+        env.secret_value("logs-agent", "IAM_API_KEY").await,
+        expected
+    );
     env.finish().await;
 }
 
@@ -88,30 +118,77 @@ async fn every_failure_reason_is_reported_while_healthy_requests_keep_working() 
     env.create_request("healthy", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "healthy"}})).await;
 
     let cases = [
-        ("invalid-spec", json!({"instance": {"name": "my-log-analysis", "guid": AT_GUID}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}), "InvalidSpec"),
-        ("no-api-key-secret", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "missing"}, "secret": {"name": "s1"}}), "ApiKeySecretNotFound"),
-        ("bad-api-key", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "unknown-key"}, "secret": {"name": "s2"}}), "ApiKeyInvalid"),
-        ("viewer", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "viewer-key"}, "secret": {"name": "s3"}}), "PermissionDenied"),
-        ("redacted", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "reader-key"}, "secret": {"name": "s4"}}), "PermissionDenied"),
-        ("no-instance", json!({"instance": {"name": "does-not-exist"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s5"}}), "InstanceNotFound"),
-        ("ambiguous", json!({"instance": {"name": "shared-name"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s6"}}), "InstanceAmbiguous"),
-        ("provisioning", json!({"instance": {"name": "still-provisioning"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s7"}}), "InstanceNotActive"),
-        ("no-field", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "resourceKey": {"credentialField": "no_such_field"}, "secret": {"name": "s8"}}), "CredentialFieldMissing"),
+        (
+            "invalid-spec",
+            json!({"instance": {"name": "my-log-analysis", "guid": AT_GUID}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}),
+            "InvalidSpec",
+        ),
+        (
+            "no-api-key-secret",
+            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "missing"}, "secret": {"name": "s1"}}),
+            "ApiKeySecretNotFound",
+        ),
+        (
+            "bad-api-key",
+            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "unknown-key"}, "secret": {"name": "s2"}}),
+            "ApiKeyInvalid",
+        ),
+        (
+            "viewer",
+            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "viewer-key"}, "secret": {"name": "s3"}}),
+            "PermissionDenied",
+        ),
+        (
+            "redacted",
+            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "reader-key"}, "secret": {"name": "s4"}}),
+            "PermissionDenied",
+        ),
+        (
+            "no-instance",
+            json!({"instance": {"name": "does-not-exist"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s5"}}),
+            "InstanceNotFound",
+        ),
+        (
+            "ambiguous",
+            json!({"instance": {"name": "shared-name"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s6"}}),
+            "InstanceAmbiguous",
+        ),
+        (
+            "provisioning",
+            json!({"instance": {"name": "still-provisioning"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s7"}}),
+            "InstanceNotActive",
+        ),
+        (
+            "no-field",
+            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "resourceKey": {"credentialField": "no_such_field"}, "secret": {"name": "s8"}}),
+            "CredentialFieldMissing",
+        ),
     ];
     for (name, spec, _) in &cases {
         env.create_request(name, spec.clone()).await;
     }
     for (name, _, reason) in &cases {
         let request = env.wait_reason(name, reason).await;
-        assert!(!ready_message(&request).is_empty(), "{name}: a message says what to do");
+        assert!(
+            !ready_message(&request).is_empty(),
+            "{name}: a message says what to do"
+        );
     }
     let ambiguous = env.requests().get("ambiguous").await.unwrap();
-    assert_eq!(ready_message(&ambiguous).matches("crn:v1:").count(), 2, "lists both candidates: {}", ready_message(&ambiguous));
+    assert_eq!(
+        ready_message(&ambiguous).matches("crn:v1:").count(),
+        2,
+        "lists both candidates: {}",
+        ready_message(&ambiguous)
+    );
     // The REDACTED key is recorded (so deletion cleans it up) and not multiplied.
     let redacted = env.requests().get("redacted").await.unwrap();
     assert!(redacted.status.as_ref().unwrap().resource_key.is_some());
     assert_eq!(env.active_keys_of("redacted"), 1);
-    assert!(env.has_event("PermissionDenied").await, "a Warning event with the reason");
+    assert!(
+        env.has_event("PermissionDenied").await,
+        "a Warning event with the reason"
+    );
 
     // The healthy request is served meanwhile.
     env.wait_ready("healthy").await;
@@ -129,22 +206,41 @@ async fn secrets_that_are_not_ours_are_never_touched() {
     let env = Env::new("conflict").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
     let foreign: Secret = serde_json::from_value(json!({"metadata": {"name": "logdna-agent-key", "labels": {"team": "x"}}, "stringData": {"logdna-agent-key": "hand-made"}})).unwrap();
-    let foreign = env.secrets_api().create(&PostParams::default(), &foreign).await.unwrap();
-    env.create_request("takes-foreign", spec(json!({"name": "my-activity-tracker"}))).await;
+    let foreign = env
+        .secrets_api()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    env.create_request(
+        "takes-foreign",
+        spec(json!({"name": "my-activity-tracker"})),
+    )
+    .await;
     env.wait_reason("takes-foreign", "SecretConflict").await;
     let after = env.secret("logdna-agent-key").await.unwrap();
     assert_eq!(after.data, foreign.data);
     assert_eq!(after.metadata.labels, foreign.metadata.labels);
-    assert_eq!(after.metadata.resource_version, foreign.metadata.resource_version, "byte-identical: never written");
+    assert_eq!(
+        after.metadata.resource_version, foreign.metadata.resource_version,
+        "byte-identical: never written"
+    );
 
     env.create_request("first", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "shared"}})).await;
     env.wait_ready("first").await;
     env.create_request("second", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "shared"}})).await;
     let second = env.wait_reason("second", "SecretConflict").await;
-    assert!(ready_message(&second).contains("first"), "{}", ready_message(&second));
+    assert!(
+        ready_message(&second).contains("first"),
+        "{}",
+        ready_message(&second)
+    );
     let first = env.requests().get("first").await.unwrap();
     let shared = env.secret("shared").await.unwrap();
-    assert_eq!(shared.owner_references()[0].uid, uid(&first), "still the first request's");
+    assert_eq!(
+        shared.owner_references()[0].uid,
+        uid(&first),
+        "still the first request's"
+    );
     env.secret_value("shared", "logdna-agent-key").await;
     env.finish().await;
 }
@@ -155,14 +251,20 @@ async fn a_crash_during_key_creation_leaves_exactly_one_key_per_request() {
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
     // Creations land in IBM Cloud at once, but their replies take 5 s: the operator is killed
     // after keys exist that it has never seen, the case a blind retry would duplicate.
-    env.sim.set_faults(Faults { response_delay_ms: 5000, matching: Some("POST /v2/resource_keys".into()), ..Default::default() });
+    env.sim.set_faults(Faults {
+        response_delay_ms: 5000,
+        matching: Some("POST /v2/resource_keys".into()),
+        ..Default::default()
+    });
     let names: Vec<String> = (0..4).map(|i| format!("crash-{i}")).collect();
     for name in &names {
         env.create_request(name, json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": name}})).await;
     }
-    wait_for("keys to exist whose creation replies are still in flight", WAIT, || async {
-        names.iter().filter(|n| env.active_keys_of(n) == 1).count() >= 2
-    })
+    wait_for(
+        "keys to exist whose creation replies are still in flight",
+        WAIT,
+        || async { names.iter().filter(|n| env.active_keys_of(n) == 1).count() >= 2 },
+    )
     .await;
     let mut env = env;
     env.operator.kill9();
@@ -174,11 +276,23 @@ async fn a_crash_during_key_creation_leaves_exactly_one_key_per_request() {
     for name in &names {
         let request = env.requests().get(name).await.unwrap();
         let recorded = request.status.unwrap().resource_key.unwrap().guid;
-        let active: Vec<String> = env.sim_keys_of(name).into_iter().filter(|(_, s)| s == "active").map(|(g, _)| g).collect();
-        assert_eq!(active, vec![recorded], "exactly one active key for {name}, the recorded one");
+        let active: Vec<String> = env
+            .sim_keys_of(name)
+            .into_iter()
+            .filter(|(_, s)| s == "active")
+            .map(|(g, _)| g)
+            .collect();
+        assert_eq!(
+            active,
+            vec![recorded],
+            "exactly one active key for {name}, the recorded one"
+        );
         env.secret_value(name, "logdna-agent-key").await;
     }
-    assert!(env.has_event("ResourceKeyReused").await, "keys created before the crash were found by name and reused");
+    assert!(
+        env.has_event("ResourceKeyReused").await,
+        "keys created before the crash were found by name and reused"
+    );
     env.finish().await;
 }
 
@@ -192,33 +306,65 @@ async fn deletion_follows_the_policy() {
     let delete_me = env.wait_ready("delete-me").await;
     env.wait_ready("retain-me").await;
     env.wait_reason("never-keyed", "InstanceNotFound").await;
-    assert!(delete_me.finalizers().contains(&"keysync.dev/resource-key".to_string()));
+    assert!(
+        delete_me
+            .finalizers()
+            .contains(&"keysync.dev/resource-key".to_string())
+    );
     env.secret_value("delete-me", "logdna-agent-key").await;
 
     // A failing delete keeps the finalizer and says DeletionBlocked; recovery releases it.
-    env.sim.set_faults(Faults { error_rate: 1.0, error_status: 500, matching: Some("DELETE /v2/resource_keys".into()), ..Default::default() });
+    env.sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 500,
+        matching: Some("DELETE /v2/resource_keys".into()),
+        ..Default::default()
+    });
     env.delete_request("delete-me").await;
     env.wait_reason("delete-me", "DeletionBlocked").await;
     assert_eq!(env.active_keys_of("delete-me"), 1);
     env.sim.clear_faults();
     let requests = env.requests();
-    wait_for("delete-me to be gone", WAIT, || async { requests.get_opt("delete-me").await.unwrap().is_none() }).await;
+    wait_for("delete-me to be gone", WAIT, || async {
+        requests.get_opt("delete-me").await.unwrap().is_none()
+    })
+    .await;
     assert_eq!(env.active_keys_of("delete-me"), 0);
-    assert!(env.sim_keys_of("delete-me").iter().all(|(_, s)| s == "removed"));
+    assert!(
+        env.sim_keys_of("delete-me")
+            .iter()
+            .all(|(_, s)| s == "removed")
+    );
     let secrets = env.secrets_api();
     if env.cp.has_controller_manager() {
-        wait_for("the Secret to be garbage-collected", WAIT, || async { secrets.get_opt("delete-me").await.unwrap().is_none() }).await;
+        wait_for("the Secret to be garbage-collected", WAIT, || async {
+            secrets.get_opt("delete-me").await.unwrap().is_none()
+        })
+        .await;
     }
 
     env.delete_request("retain-me").await;
-    wait_for("retain-me to be gone", WAIT, || async { requests.get_opt("retain-me").await.unwrap().is_none() }).await;
-    assert_eq!(env.active_keys_of("retain-me"), 1, "Retain keeps the key in IBM Cloud");
+    wait_for("retain-me to be gone", WAIT, || async {
+        requests.get_opt("retain-me").await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(
+        env.active_keys_of("retain-me"),
+        1,
+        "Retain keeps the key in IBM Cloud"
+    );
 
     env.sim.reset_calls();
     env.delete_request("never-keyed").await;
-    wait_for("never-keyed to be gone", WAIT, || async { requests.get_opt("never-keyed").await.unwrap().is_none() }).await;
+    wait_for("never-keyed to be gone", WAIT, || async {
+        requests.get_opt("never-keyed").await.unwrap().is_none()
+    })
+    .await;
     let calls = env.sim.calls();
-    assert!(calls.keys().all(|k| !k.starts_with("DELETE")), "released without deleting anything: {calls:?}");
+    assert!(
+        calls.keys().all(|k| !k.starts_with("DELETE")),
+        "released without deleting anything: {calls:?}"
+    );
     env.finish().await;
 }
 
@@ -228,36 +374,70 @@ async fn drift_is_repaired_and_rotations_update_the_secret_in_place() {
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
     env.create_request("drift", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "refreshInterval": "2s"})).await;
     env.wait_ready("drift").await;
-    let original = env.secret_value("logdna-agent-key", "logdna-agent-key").await;
+    let original = env
+        .secret_value("logdna-agent-key", "logdna-agent-key")
+        .await;
     let secrets = env.secrets_api();
 
     // Edited: restored.
     secrets
-        .patch("logdna-agent-key", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"logdna-agent-key": "tampered"}})))
+        .patch(
+            "logdna-agent-key",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"logdna-agent-key": "tampered"}})),
+        )
         .await
         .unwrap();
     wait_for("the edited Secret to be restored", WAIT, || async {
-        secrets.get("logdna-agent-key").await.ok().and_then(|s| secret_data(&s, "logdna-agent-key")).as_deref() == Some(original.as_str())
+        secrets
+            .get("logdna-agent-key")
+            .await
+            .ok()
+            .and_then(|s| secret_data(&s, "logdna-agent-key"))
+            .as_deref()
+            == Some(original.as_str())
     })
     .await;
 
     // Deleted: re-created.
-    secrets.delete("logdna-agent-key", &DeleteParams::default()).await.unwrap();
+    secrets
+        .delete("logdna-agent-key", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("the deleted Secret to be re-created", WAIT, || async {
-        secrets.get_opt("logdna-agent-key").await.ok().flatten().and_then(|s| secret_data(&s, "logdna-agent-key")).as_deref()
+        secrets
+            .get_opt("logdna-agent-key")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| secret_data(&s, "logdna-agent-key"))
+            .as_deref()
             == Some(original.as_str())
     })
     .await;
 
     // Rotated in IBM Cloud: written into the same Secret (same uid).
     let uid_before = env.secret("logdna-agent-key").await.unwrap().uid();
-    let rotated = env.sim.reset_ingestion_key(AT_GUID).expect("instance exists");
+    let rotated = env
+        .sim
+        .reset_ingestion_key(AT_GUID)
+        .expect("instance exists");
     env.keep_secret(rotated.expose());
     wait_for("the rotated key to reach the Secret", WAIT, || async {
-        secrets.get("logdna-agent-key").await.ok().and_then(|s| secret_data(&s, "logdna-agent-key")).as_deref() == Some(rotated.expose())
+        secrets
+            .get("logdna-agent-key")
+            .await
+            .ok()
+            .and_then(|s| secret_data(&s, "logdna-agent-key"))
+            .as_deref()
+            == Some(rotated.expose())
     })
     .await;
-    assert_eq!(env.secret("logdna-agent-key").await.unwrap().uid(), uid_before, "updated in place");
+    assert_eq!(
+        env.secret("logdna-agent-key").await.unwrap().uid(),
+        uid_before,
+        "updated in place"
+    );
     assert!(env.has_event("SecretUpdated").await);
     env.finish().await;
 }
@@ -269,17 +449,28 @@ async fn an_outage_never_touches_a_good_secret_and_recovery_follows() {
     env.create_request("outage", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "refreshInterval": "1s"})).await;
     env.wait_ready("outage").await;
     let before = env.secret("logdna-agent-key").await.unwrap();
-    env.secret_value("logdna-agent-key", "logdna-agent-key").await;
+    env.secret_value("logdna-agent-key", "logdna-agent-key")
+        .await;
 
-    env.sim.set_faults(Faults { error_rate: 1.0, error_status: 503, ..Default::default() });
+    env.sim.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 503,
+        ..Default::default()
+    });
     env.wait_reason("outage", "IbmCloudUnavailable").await;
     let during = env.secret("logdna-agent-key").await.unwrap();
-    assert_eq!(during.metadata.resource_version, before.metadata.resource_version, "not written during the outage");
+    assert_eq!(
+        during.metadata.resource_version, before.metadata.resource_version,
+        "not written during the outage"
+    );
     assert_eq!(during.data, before.data);
 
     env.sim.clear_faults();
     env.wait_ready("outage").await;
-    assert_eq!(env.secret("logdna-agent-key").await.unwrap().data, before.data);
+    assert_eq!(
+        env.secret("logdna-agent-key").await.unwrap().data,
+        before.data
+    );
     env.finish().await;
 }
 
@@ -297,8 +488,16 @@ async fn many_requests_share_one_token_per_api_key() {
             1 => ("key-b", "my-log-analysis"),
             _ => ("reader", "my-cloud-logs"),
         };
-        let role = if secret_ref == "reader" { "Reader" } else { "Manager" };
-        let field = if secret_ref == "reader" { "apikey" } else { "ingestion_key" };
+        let role = if secret_ref == "reader" {
+            "Reader"
+        } else {
+            "Manager"
+        };
+        let field = if secret_ref == "reader" {
+            "apikey"
+        } else {
+            "ingestion_key"
+        };
         env.create_request(
             &format!("r{i}"),
             json!({"instance": {"name": instance}, "apiKeySecretRef": {"name": secret_ref}, "resourceKey": {"role": role, "credentialField": field}, "secret": {"name": format!("s{i}")}}),
@@ -309,7 +508,15 @@ async fn many_requests_share_one_token_per_api_key() {
         env.wait_ready(&format!("r{i}")).await;
         env.secret_value(&format!("s{i}"), "logdna-agent-key").await;
     }
-    let exchanges = env.sim.calls().get("POST /identity/token").copied().unwrap_or(0);
-    assert_eq!(exchanges, 2, "{count} requests, 2 distinct API keys: 2 token exchanges");
+    let exchanges = env
+        .sim
+        .calls()
+        .get("POST /identity/token")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(
+        exchanges, 2,
+        "{count} requests, 2 distinct API keys: 2 token exchanges"
+    );
     env.finish().await;
 }

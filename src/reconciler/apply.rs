@@ -12,13 +12,18 @@ use tracing::{info, warn};
 
 use super::{Context, ReconcileError, jitter, lock, status};
 use crate::{
-    crd::{FIELD_MANAGER, InstanceSelector, IngestionKeyRequest, default_key_name, validate},
-    ibm::{CreateKeyRequest, CredentialError, ErrorKind, InstanceQuery, ResourceInstance, ResourceKey},
+    crd::{FIELD_MANAGER, IngestionKeyRequest, InstanceSelector, default_key_name, validate},
+    ibm::{
+        CreateKeyRequest, CredentialError, ErrorKind, InstanceQuery, ResourceInstance, ResourceKey,
+    },
     redact::SecretString,
     render::{SecretOwnership, needs_update, ownership, render_secret},
 };
 
-pub(super) async fn apply(request: &IngestionKeyRequest, ctx: &Context) -> Result<Action, ReconcileError> {
+pub(super) async fn apply(
+    request: &IngestionKeyRequest,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
     let namespace = request.namespace().unwrap_or_default();
     let name = request.name_any();
     let valid = validate(request)?;
@@ -27,8 +32,17 @@ pub(super) async fn apply(request: &IngestionKeyRequest, ctx: &Context) -> Resul
     let secret_name = &request.spec.api_key_secret_ref.name;
 
     let instance = resolve_instance(ctx, &api_key, &valid.instance, secret_name).await?;
-    let key = match ensure_key(ctx, request, &api_key, &instance, &valid.key_name, secret_name).await? {
-        KeyLookup::Found(key) => key,
+    let key = match ensure_key(
+        ctx,
+        request,
+        &api_key,
+        &instance,
+        &valid.key_name,
+        secret_name,
+    )
+    .await?
+    {
+        KeyLookup::Found(key) => *key,
         KeyLookup::CreationInFlight(wait) => {
             info!(%namespace, %name, wait_seconds = wait.as_secs(), "a key creation may still be completing in IBM Cloud; waiting before creating again");
             return Ok(Action::requeue(wait));
@@ -37,14 +51,22 @@ pub(super) async fn apply(request: &IngestionKeyRequest, ctx: &Context) -> Resul
 
     let field = &request.spec.resource_key.credential_field;
     let credential = key.credentials.field(field).map_err(|error| match error {
-        CredentialError::Redacted => {
-            ReconcileError::CredentialsRedacted { key_name: key.name.clone(), role: request.spec.resource_key.role.clone() }
-        }
-        CredentialError::Missing(_) | CredentialError::NotAString(_) => ReconcileError::CredentialFieldMissing {
+        CredentialError::Redacted => ReconcileError::CredentialsRedacted {
             key_name: key.name.clone(),
-            field: field.clone(),
-            present: key.credentials.field_names().into_iter().map(str::to_owned).collect(),
+            role: request.spec.resource_key.role.clone(),
         },
+        CredentialError::Missing(_) | CredentialError::NotAString(_) => {
+            ReconcileError::CredentialFieldMissing {
+                key_name: key.name.clone(),
+                field: field.clone(),
+                present: key
+                    .credentials
+                    .field_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            }
+        }
     })?;
 
     let outcome = sync_secret(ctx, request, &credential).await?;
@@ -52,27 +74,54 @@ pub(super) async fn apply(request: &IngestionKeyRequest, ctx: &Context) -> Resul
     let secret = &request.spec.secret.name;
     match outcome {
         SecretOutcome::Created => {
-            ctx.publish(request, EventType::Normal, "SecretCreated", format!("created Secret {secret} from resource key {}", key.name)).await
+            ctx.publish(
+                request,
+                EventType::Normal,
+                "SecretCreated",
+                format!("created Secret {secret} from resource key {}", key.name),
+            )
+            .await
         }
         SecretOutcome::Updated => {
-            ctx.publish(request, EventType::Normal, "SecretUpdated", format!("updated Secret {secret} (credential {fingerprint})")).await
+            ctx.publish(
+                request,
+                EventType::Normal,
+                "SecretUpdated",
+                format!("updated Secret {secret} (credential {fingerprint})"),
+            )
+            .await
         }
         SecretOutcome::Unchanged => {}
     }
-    let message = format!("Secret {secret} holds {field} of resource key {} on instance {}", key.name, instance.name);
+    let message = format!(
+        "Secret {secret} holds {field} of resource key {} on instance {}",
+        key.name, instance.name
+    );
     status::synced(ctx, request, &instance, &fingerprint, message).await?;
     info!(%namespace, %name, reason = super::reason::KEY_SYNCED, secret = %secret, key_fingerprint = %fingerprint, ?outcome, "reconciled");
-    Ok(Action::requeue(jitter(valid.refresh_interval, &ObjectRef::from_obj(request))))
+    Ok(Action::requeue(jitter(
+        valid.refresh_interval,
+        &ObjectRef::from_obj(request),
+    )))
 }
 
 /// Reads the API key from the referenced Secret, in the request's own namespace only.
-pub(super) async fn read_api_key(ctx: &Context, request: &IngestionKeyRequest) -> Result<SecretString, ReconcileError> {
+pub(super) async fn read_api_key(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<SecretString, ReconcileError> {
     let reference = &request.spec.api_key_secret_ref;
     let namespace = request.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = api.get_opt(&reference.name).await.map_err(ReconcileError::kube("read the API key Secret"))?;
+    let secret = api
+        .get_opt(&reference.name)
+        .await
+        .map_err(ReconcileError::kube("read the API key Secret"))?;
     let Some(secret) = secret else {
-        return Err(ReconcileError::ApiKeySecretNotFound { name: reference.name.clone(), key: reference.key.clone() });
+        return Err(ReconcileError::ApiKeySecretNotFound {
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+        });
     };
     let value = secret
         .data
@@ -83,7 +132,10 @@ pub(super) async fn read_api_key(ctx: &Context, request: &IngestionKeyRequest) -
         .filter(|value| !value.is_empty());
     value
         .map(SecretString::from)
-        .ok_or_else(|| ReconcileError::ApiKeyMissingInSecret { name: reference.name.clone(), key: reference.key.clone() })
+        .ok_or_else(|| ReconcileError::ApiKeyMissingInSecret {
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+        })
 }
 
 /// Name, GUID or CRN -> instance, cached per API key for a while: name lookups page through
@@ -99,7 +151,12 @@ async fn resolve_instance(
         return Ok(instance);
     }
     let instance = match selector {
-        InstanceSelector::Name { name, resource_group_id, region, service_name } => {
+        InstanceSelector::Name {
+            name,
+            resource_group_id,
+            region,
+            service_name,
+        } => {
             let query = InstanceQuery {
                 name: name.clone(),
                 resource_group_id: resource_group_id.clone(),
@@ -113,10 +170,14 @@ async fn resolve_instance(
                 .map_err(|e| ReconcileError::from_ibm("list resource instances", secret_name, e))?;
             match found.len() {
                 0 => {
-                    let narrowing: Vec<String> = [("resource group", resource_group_id), ("region", region), ("service", service_name)]
-                        .into_iter()
-                        .filter_map(|(what, value)| value.as_ref().map(|v| format!("{what} {v:?}")))
-                        .collect();
+                    let narrowing: Vec<String> = [
+                        ("resource group", resource_group_id),
+                        ("region", region),
+                        ("service", service_name),
+                    ]
+                    .into_iter()
+                    .filter_map(|(what, value)| value.as_ref().map(|v| format!("{what} {v:?}")))
+                    .collect();
                     let what = if narrowing.is_empty() {
                         format!("name {name:?}")
                     } else {
@@ -134,24 +195,38 @@ async fn resolve_instance(
                 }
             }
         }
-        InstanceSelector::Guid(id) | InstanceSelector::Crn(id) => match ctx.ibm.get_instance(api_key, id).await {
-            Ok(instance) => instance,
-            Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::Gone => {
-                return Err(ReconcileError::InstanceNotFound { what: format!("{id:?}") });
+        InstanceSelector::Guid(id) | InstanceSelector::Crn(id) => {
+            match ctx.ibm.get_instance(api_key, id).await {
+                Ok(instance) => instance,
+                Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::Gone => {
+                    return Err(ReconcileError::InstanceNotFound {
+                        what: format!("{id:?}"),
+                    });
+                }
+                Err(e) => {
+                    return Err(ReconcileError::from_ibm(
+                        "get resource instance",
+                        secret_name,
+                        e,
+                    ));
+                }
             }
-            Err(e) => return Err(ReconcileError::from_ibm("get resource instance", secret_name, e)),
-        },
+        }
     };
     if !instance.is_active() {
         ctx.forget_instance(&cache_key);
-        return Err(ReconcileError::InstanceNotActive { name: instance.name, crn: instance.crn, state: instance.state });
+        return Err(ReconcileError::InstanceNotActive {
+            name: instance.name,
+            crn: instance.crn,
+            state: instance.state,
+        });
     }
     ctx.cache_instance(cache_key, &instance);
     Ok(instance)
 }
 
 enum KeyLookup {
-    Found(ResourceKey),
+    Found(Box<ResourceKey>),
     /// A creation recorded in status may still complete in IBM Cloud: wait this long, then look
     /// again before creating.
     CreationInFlight(Duration),
@@ -175,13 +250,19 @@ async fn ensure_key(
         .list_instance_keys(api_key, &instance.guid)
         .await
         .map_err(|e| ReconcileError::from_ibm("list resource keys", secret_name, e))?;
-    let mut ours: Vec<ResourceKey> = keys.into_iter().filter(|k| k.name == key_name && k.is_active()).collect();
+    let mut ours: Vec<ResourceKey> = keys
+        .into_iter()
+        .filter(|k| k.name == key_name && k.is_active())
+        .collect();
     let status = request.status.clone().unwrap_or_default();
     let recorded_guid = status.resource_key.as_ref().map(|k| k.guid.clone());
 
     if !ours.is_empty() {
         ours.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-        let keep = ours.iter().position(|k| Some(&k.guid) == recorded_guid.as_ref()).unwrap_or(0);
+        let keep = ours
+            .iter()
+            .position(|k| Some(&k.guid) == recorded_guid.as_ref())
+            .unwrap_or(0);
         let key = ours.remove(keep);
         if default_key_name(request).as_deref() == Some(key_name) {
             for duplicate in ours {
@@ -190,10 +271,21 @@ async fn ensure_key(
                 match ctx.ibm.delete_key(api_key, &duplicate.guid).await {
                     Ok(_) => {
                         warn!(%namespace, %name, key = %duplicate.guid, "deleted a duplicate resource key");
-                        let note = format!("deleted duplicate resource key {} ({})", duplicate.name, duplicate.guid);
-                        ctx.publish(request, EventType::Normal, "DuplicateResourceKeyDeleted", note).await;
+                        let note = format!(
+                            "deleted duplicate resource key {} ({})",
+                            duplicate.name, duplicate.guid
+                        );
+                        ctx.publish(
+                            request,
+                            EventType::Normal,
+                            "DuplicateResourceKeyDeleted",
+                            note,
+                        )
+                        .await;
                     }
-                    Err(e) => warn!(%namespace, %name, key = %duplicate.guid, error = %e, "could not delete a duplicate resource key"),
+                    Err(e) => {
+                        warn!(%namespace, %name, key = %duplicate.guid, error = %e, "could not delete a duplicate resource key")
+                    }
                 }
             }
         } else if !ours.is_empty() {
@@ -201,10 +293,14 @@ async fn ensure_key(
         }
         if recorded_guid.as_ref() != Some(&key.guid) || status.pending_key_creation.is_some() {
             status::record_key(ctx, request, instance, &key).await?;
-            let note = format!("reusing resource key {} ({}) on instance {}", key.name, key.guid, instance.name);
-            ctx.publish(request, EventType::Normal, "ResourceKeyReused", note).await;
+            let note = format!(
+                "reusing resource key {} ({}) on instance {}",
+                key.name, key.guid, instance.name
+            );
+            ctx.publish(request, EventType::Normal, "ResourceKeyReused", note)
+                .await;
         }
-        return Ok(KeyLookup::Found(key));
+        return Ok(KeyLookup::Found(Box::new(key)));
     }
 
     if let Some(pending) = &status.pending_key_creation
@@ -214,22 +310,32 @@ async fn ensure_key(
         let age = Timestamp::now().duration_since(pending.started_at.0);
         let age = Duration::try_from(age).unwrap_or(Duration::ZERO);
         if age < ctx.settings.key_creation_grace {
-            return Ok(KeyLookup::CreationInFlight(ctx.settings.key_creation_grace - age + Duration::from_secs(1)));
+            return Ok(KeyLookup::CreationInFlight(
+                ctx.settings.key_creation_grace - age + Duration::from_secs(1),
+            ));
         }
     }
 
     status::record_pending(ctx, request, key_name, instance).await?;
-    let create = CreateKeyRequest { name: key_name.to_owned(), source: instance.guid.clone(), role: request.spec.resource_key.role.clone() };
+    let create = CreateKeyRequest {
+        name: key_name.to_owned(),
+        source: instance.guid.clone(),
+        role: request.spec.resource_key.role.clone(),
+    };
     let key = ctx
         .ibm
         .create_key(api_key, &create)
         .await
         .map_err(|e| ReconcileError::from_ibm("create resource key", secret_name, e))?;
     status::record_key(ctx, request, instance, &key).await?;
-    let note = format!("created resource key {} ({}) with role {} on instance {}", key.name, key.guid, create.role, instance.name);
-    ctx.publish(request, EventType::Normal, "ResourceKeyCreated", note).await;
+    let note = format!(
+        "created resource key {} ({}) with role {} on instance {}",
+        key.name, key.guid, create.role, instance.name
+    );
+    ctx.publish(request, EventType::Normal, "ResourceKeyCreated", note)
+        .await;
     info!(%namespace, %name, key = %key.guid, "created resource key");
-    Ok(KeyLookup::Found(key))
+    Ok(KeyLookup::Found(Box::new(key)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,17 +346,30 @@ enum SecretOutcome {
 }
 
 /// Writes the credential into the request's Secret, unless that Secret belongs to someone else.
-async fn sync_secret(ctx: &Context, request: &IngestionKeyRequest, credential: &SecretString) -> Result<SecretOutcome, ReconcileError> {
+async fn sync_secret(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    credential: &SecretString,
+) -> Result<SecretOutcome, ReconcileError> {
     let namespace = request.namespace().unwrap_or_default();
     let secret_name = request.spec.secret.name.clone();
-    let mut desired =
-        render_secret(request, credential).ok_or_else(|| ReconcileError::Unexpected("the request has no uid".into()))?;
+    let mut desired = render_secret(request, credential)
+        .ok_or_else(|| ReconcileError::Unexpected("the request has no uid".into()))?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(existing) = api.get_opt(&secret_name).await.map_err(ReconcileError::kube("read the Secret"))? else {
+    let Some(existing) = api
+        .get_opt(&secret_name)
+        .await
+        .map_err(ReconcileError::kube("read the Secret"))?
+    else {
         // Create, not apply: if someone else creates the Secret meanwhile, this fails (409) and
         // the next reconcile classifies it instead of taking it over.
-        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        api.create(&params, &desired).await.map_err(ReconcileError::kube("create the Secret"))?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.create(&params, &desired)
+            .await
+            .map_err(ReconcileError::kube("create the Secret"))?;
         return Ok(SecretOutcome::Created);
     };
     match ownership(&existing, request) {
@@ -258,12 +377,20 @@ async fn sync_secret(ctx: &Context, request: &IngestionKeyRequest, credential: &
         SecretOwnership::Foreign => {
             return Err(ReconcileError::SecretConflict {
                 secret: secret_name,
-                detail: format!("it lacks the label {}={}", crate::crd::MANAGED_BY_LABEL, crate::crd::MANAGED_BY_VALUE),
+                detail: format!(
+                    "it lacks the label {}={}",
+                    crate::crd::MANAGED_BY_LABEL,
+                    crate::crd::MANAGED_BY_VALUE
+                ),
             });
         }
         SecretOwnership::OtherRequest { name, uid } => {
-            let requests: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
-            let owner = requests.get_opt(&name).await.map_err(ReconcileError::kube("read the Secret's owner"))?;
+            let requests: Api<IngestionKeyRequest> =
+                Api::namespaced(ctx.client.clone(), &namespace);
+            let owner = requests
+                .get_opt(&name)
+                .await
+                .map_err(ReconcileError::kube("read the Secret's owner"))?;
             if owner.is_some_and(|o| o.metadata.uid.as_deref() == Some(uid.as_str())) {
                 return Err(ReconcileError::SecretConflict {
                     secret: secret_name,
@@ -280,6 +407,8 @@ async fn sync_secret(ctx: &Context, request: &IngestionKeyRequest, credential: &
     // was read, the API server refuses (409) and the next reconcile looks again.
     desired.metadata.resource_version = existing.metadata.resource_version.clone();
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&secret_name, &params, &Patch::Apply(&desired)).await.map_err(ReconcileError::kube("apply the Secret"))?;
+    api.patch(&secret_name, &params, &Patch::Apply(&desired))
+        .await
+        .map_err(ReconcileError::kube("apply the Secret"))?;
     Ok(SecretOutcome::Updated)
 }

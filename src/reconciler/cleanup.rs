@@ -13,7 +13,10 @@ use crate::{
     ibm::KeyDeletion,
 };
 
-pub(super) async fn cleanup(request: &IngestionKeyRequest, ctx: &Context) -> Result<Action, ReconcileError> {
+pub(super) async fn cleanup(
+    request: &IngestionKeyRequest,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
     let namespace = request.namespace().unwrap_or_default();
     let name = request.name_any();
     let reference = ObjectRef::from_obj(request);
@@ -21,8 +24,12 @@ pub(super) async fn cleanup(request: &IngestionKeyRequest, ctx: &Context) -> Res
 
     if request.spec.deletion_policy == DeletionPolicy::Retain {
         if let Some(key) = &status.resource_key {
-            let note = format!("kept resource key {} ({}) in IBM Cloud (deletionPolicy Retain)", key.name, key.guid);
-            ctx.publish(request, EventType::Normal, "ResourceKeyRetained", note).await;
+            let note = format!(
+                "kept resource key {} ({}) in IBM Cloud (deletionPolicy Retain)",
+                key.name, key.guid
+            );
+            ctx.publish(request, EventType::Normal, "ResourceKeyRetained", note)
+                .await;
         }
         lock(&ctx.last_api_keys).remove(&reference);
         info!(%namespace, %name, "released (deletionPolicy Retain)");
@@ -40,7 +47,10 @@ pub(super) async fn cleanup(request: &IngestionKeyRequest, ctx: &Context) -> Res
         .map(|k| k.name.clone())
         .or_else(|| status.pending_key_creation.as_ref().map(|p| p.name.clone()))
         .unwrap_or_default();
-    let blocked = |detail: String| ReconcileError::DeletionBlocked { key: key_label.clone(), detail };
+    let blocked = |detail: String| ReconcileError::DeletionBlocked {
+        key: key_label.clone(),
+        detail,
+    };
 
     let api_key = match super::apply::read_api_key(ctx, request).await.ok() {
         Some(key) => key,
@@ -72,11 +82,22 @@ pub(super) async fn cleanup(request: &IngestionKeyRequest, ctx: &Context) -> Res
         .map(|p| p.instance_guid.clone())
         .or_else(|| status.instance.as_ref().map(|i| i.guid.clone()));
     if let (Some(default_name), Some(instance_guid)) = (default_key_name(request), instance_guid)
-        && request.spec.resource_key.name.as_deref().is_none_or(str::is_empty)
+        && request
+            .spec
+            .resource_key
+            .name
+            .as_deref()
+            .is_none_or(str::is_empty)
     {
-        let keys = ctx.ibm.list_instance_keys(&api_key, &instance_guid).await.map_err(|e| blocked(e.to_string()))?;
+        let keys = ctx
+            .ibm
+            .list_instance_keys(&api_key, &instance_guid)
+            .await
+            .map_err(|e| blocked(e.to_string()))?;
         let recorded = status.resource_key.as_ref().map(|k| k.guid.as_str());
-        for key in keys.iter().filter(|k| k.name == default_name && k.is_active() && Some(k.guid.as_str()) != recorded) {
+        for key in keys.iter().filter(|k| {
+            k.name == default_name && k.is_active() && Some(k.guid.as_str()) != recorded
+        }) {
             match ctx.ibm.delete_key(&api_key, &key.guid).await {
                 Ok(KeyDeletion::Deleted) => deleted.push(key.guid.clone()),
                 Ok(KeyDeletion::AlreadyGone) => {}
@@ -85,7 +106,13 @@ pub(super) async fn cleanup(request: &IngestionKeyRequest, ctx: &Context) -> Res
         }
     }
     for guid in &deleted {
-        ctx.publish(request, EventType::Normal, "ResourceKeyDeleted", format!("deleted resource key {key_label} ({guid}) in IBM Cloud")).await;
+        ctx.publish(
+            request,
+            EventType::Normal,
+            "ResourceKeyDeleted",
+            format!("deleted resource key {key_label} ({guid}) in IBM Cloud"),
+        )
+        .await;
     }
     lock(&ctx.last_api_keys).remove(&reference);
     info!(%namespace, %name, deleted = deleted.len(), "released (resource key deleted)");

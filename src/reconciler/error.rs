@@ -29,16 +29,24 @@ pub enum ReconcileError {
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] SpecError),
 
-    #[error("the API key Secret {name:?} does not exist in this namespace: create it with the IBM Cloud API key under the key {key:?}")]
+    #[error(
+        "the API key Secret {name:?} does not exist in this namespace: create it with the IBM Cloud API key under the key {key:?}"
+    )]
     ApiKeySecretNotFound { name: String, key: String },
 
-    #[error("the API key Secret {name:?} has no non-empty key {key:?}: put the IBM Cloud API key under that key")]
+    #[error(
+        "the API key Secret {name:?} has no non-empty key {key:?}: put the IBM Cloud API key under that key"
+    )]
     ApiKeyMissingInSecret { name: String, key: String },
 
-    #[error("IAM rejected the API key in Secret {secret:?} ({source}): put a valid IBM Cloud API key in the Secret")]
+    #[error(
+        "IAM rejected the API key in Secret {secret:?} ({source}): put a valid IBM Cloud API key in the Secret"
+    )]
     ApiKeyInvalid { secret: String, source: IbmError },
 
-    #[error("{source}: give the API key's identity platform Editor (or Operator) and service Manager roles on the instance")]
+    #[error(
+        "{source}: give the API key's identity platform Editor (or Operator) and service Manager roles on the instance"
+    )]
     PermissionDenied { source: IbmError },
 
     #[error(
@@ -46,28 +54,51 @@ pub enum ReconcileError {
     )]
     CredentialsRedacted { key_name: String, role: String },
 
-    #[error("no service instance matches {what}: check the name, GUID or CRN and the account of the API key")]
+    #[error(
+        "no service instance matches {what}: check the name, GUID or CRN and the account of the API key"
+    )]
     InstanceNotFound { what: String },
 
     #[error("{count} service instances are named {name:?}: set resourceGroupId, region or serviceName, or use the guid or crn. Candidates: {}", crns.join(", "))]
-    InstanceAmbiguous { name: String, count: usize, crns: Vec<String> },
+    InstanceAmbiguous {
+        name: String,
+        count: usize,
+        crns: Vec<String>,
+    },
 
-    #[error("service instance {name:?} ({crn}) is in state {state:?}, not active: wait for provisioning to finish or pick an active instance")]
-    InstanceNotActive { name: String, crn: String, state: String },
+    #[error(
+        "service instance {name:?} ({crn}) is in state {state:?}, not active: wait for provisioning to finish or pick an active instance"
+    )]
+    InstanceNotActive {
+        name: String,
+        crn: String,
+        state: String,
+    },
 
     #[error("the credentials of resource key {key_name:?} have no field {field:?} (fields present: {}): set spec.resourceKey.credentialField", present.join(", "))]
-    CredentialFieldMissing { key_name: String, field: String, present: Vec<String> },
+    CredentialFieldMissing {
+        key_name: String,
+        field: String,
+        present: Vec<String>,
+    },
 
-    #[error("Secret {secret:?} exists and is not ours ({detail}): it is never overwritten; delete or rename it, or choose another spec.secret.name")]
+    #[error(
+        "Secret {secret:?} exists and is not ours ({detail}): it is never overwritten; delete or rename it, or choose another spec.secret.name"
+    )]
     SecretConflict { secret: String, detail: String },
 
     #[error("IBM Cloud is unavailable ({source}); retrying with back-off")]
     IbmCloudUnavailable { source: IbmError },
 
     #[error("IBM Cloud refused to {action} ({source})")]
-    IbmRequestRejected { action: &'static str, source: IbmError },
+    IbmRequestRejected {
+        action: &'static str,
+        source: IbmError,
+    },
 
-    #[error("could not delete resource key {key:?} ({detail}); the finalizer stays until it is deleted. To keep the key instead, set spec.deletionPolicy to Retain")]
+    #[error(
+        "could not delete resource key {key:?} ({detail}); the finalizer stays until it is deleted. To keep the key instead, set spec.deletionPolicy to Retain"
+    )]
     DeletionBlocked { key: String, detail: String },
 
     /// Cannot happen for objects read from the API server (no name, no uid).
@@ -75,7 +106,10 @@ pub enum ReconcileError {
     Unexpected(String),
 
     #[error("Kubernetes API call failed: {action}: {source}")]
-    Kubernetes { action: &'static str, source: kube::Error },
+    Kubernetes {
+        action: &'static str,
+        source: kube::Error,
+    },
 }
 
 impl ReconcileError {
@@ -84,7 +118,9 @@ impl ReconcileError {
         use reason::*;
         match self {
             Self::InvalidSpec(_) => INVALID_SPEC,
-            Self::ApiKeySecretNotFound { .. } | Self::ApiKeyMissingInSecret { .. } => API_KEY_SECRET_NOT_FOUND,
+            Self::ApiKeySecretNotFound { .. } | Self::ApiKeyMissingInSecret { .. } => {
+                API_KEY_SECRET_NOT_FOUND
+            }
             Self::ApiKeyInvalid { .. } => API_KEY_INVALID,
             Self::PermissionDenied { .. } | Self::CredentialsRedacted { .. } => PERMISSION_DENIED,
             Self::InstanceNotFound { .. } => INSTANCE_NOT_FOUND,
@@ -93,7 +129,9 @@ impl ReconcileError {
             Self::CredentialFieldMissing { .. } => CREDENTIAL_FIELD_MISSING,
             Self::SecretConflict { .. } => SECRET_CONFLICT,
             Self::IbmCloudUnavailable { .. } => IBM_CLOUD_UNAVAILABLE,
-            Self::IbmRequestRejected { source, .. } if source.kind() == ErrorKind::BadRequest => INVALID_SPEC,
+            Self::IbmRequestRejected { source, .. } if source.kind() == ErrorKind::BadRequest => {
+                INVALID_SPEC
+            }
             Self::IbmRequestRejected { .. } => IBM_CLOUD_UNAVAILABLE,
             Self::DeletionBlocked { .. } => DELETION_BLOCKED,
             Self::Kubernetes { .. } | Self::Unexpected(_) => KUBERNETES_API_ERROR,
@@ -103,12 +141,14 @@ impl ReconcileError {
     /// Transient errors are retried soon with exponential back-off; permanent ones wait long (or
     /// for a change to the request or its API key Secret).
     pub fn is_transient(&self) -> bool {
-        match self {
-            Self::IbmCloudUnavailable { .. } | Self::Kubernetes { .. } | Self::Unexpected(_) => true,
-            Self::InstanceNotActive { .. } => true,
-            Self::DeletionBlocked { .. } => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Self::IbmCloudUnavailable { .. }
+                | Self::Kubernetes { .. }
+                | Self::Unexpected(_)
+                | Self::InstanceNotActive { .. }
+                | Self::DeletionBlocked { .. }
+        )
     }
 
     /// Maps an IBM Cloud error met while doing `action` to the contract's reasons.
@@ -117,9 +157,15 @@ impl ReconcileError {
             return Self::IbmCloudUnavailable { source: error };
         }
         match error.kind() {
-            ErrorKind::ApiKeyRejected | ErrorKind::Unauthorized => Self::ApiKeyInvalid { secret: secret.to_owned(), source: error },
+            ErrorKind::ApiKeyRejected | ErrorKind::Unauthorized => Self::ApiKeyInvalid {
+                secret: secret.to_owned(),
+                source: error,
+            },
             ErrorKind::Forbidden => Self::PermissionDenied { source: error },
-            _ => Self::IbmRequestRejected { action, source: error },
+            _ => Self::IbmRequestRejected {
+                action,
+                source: error,
+            },
         }
     }
 
@@ -134,12 +180,31 @@ mod tests {
 
     #[test]
     fn ibm_errors_map_to_contract_reasons() {
-        let err = |kind, status| IbmError { status: Some(status), ..IbmError::new("do a thing", kind, "msg") };
+        let err = |kind, status| IbmError {
+            status: Some(status),
+            ..IbmError::new("do a thing", kind, "msg")
+        };
         let cases = [
-            (err(ErrorKind::ApiKeyRejected, 400), reason::API_KEY_INVALID, false),
-            (err(ErrorKind::Forbidden, 403), reason::PERMISSION_DENIED, false),
-            (err(ErrorKind::Server, 503), reason::IBM_CLOUD_UNAVAILABLE, true),
-            (err(ErrorKind::RateLimited, 429), reason::IBM_CLOUD_UNAVAILABLE, true),
+            (
+                err(ErrorKind::ApiKeyRejected, 400),
+                reason::API_KEY_INVALID,
+                false,
+            ),
+            (
+                err(ErrorKind::Forbidden, 403),
+                reason::PERMISSION_DENIED,
+                false,
+            ),
+            (
+                err(ErrorKind::Server, 503),
+                reason::IBM_CLOUD_UNAVAILABLE,
+                true,
+            ),
+            (
+                err(ErrorKind::RateLimited, 429),
+                reason::IBM_CLOUD_UNAVAILABLE,
+                true,
+            ),
             (err(ErrorKind::BadRequest, 400), reason::INVALID_SPEC, false),
         ];
         for (error, expected, transient) in cases {
@@ -151,7 +216,11 @@ mod tests {
 
     #[test]
     fn ambiguity_lists_candidates() {
-        let e = ReconcileError::InstanceAmbiguous { name: "n".into(), count: 2, crns: vec!["crn:a".into(), "crn:b".into()] };
+        let e = ReconcileError::InstanceAmbiguous {
+            name: "n".into(),
+            count: 2,
+            crns: vec!["crn:a".into(), "crn:b".into()],
+        };
         assert!(e.to_string().contains("crn:a, crn:b"));
         assert_eq!(e.reason(), reason::INSTANCE_AMBIGUOUS);
     }

@@ -84,7 +84,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, ibm: IbmCloud, metrics: Arc<Metrics>, settings: Settings) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -112,20 +115,41 @@ impl Context {
     }
 
     /// Publishes an event; a failure to do so is logged, never fatal.
-    async fn publish(&self, request: &IngestionKeyRequest, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        if let Err(error) = self.recorder.publish(&event, &request.object_ref(&())).await {
+    async fn publish(
+        &self,
+        request: &IngestionKeyRequest,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &request.object_ref(&()))
+            .await
+        {
             warn!(namespace = request.namespace().unwrap_or_default(), name = request.name_any(), %error, "could not publish event");
         }
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One reconcile: the finalizer decides between apply and cleanup.
-async fn reconcile(request: Arc<IngestionKeyRequest>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+async fn reconcile(
+    request: Arc<IngestionKeyRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let namespace = request.namespace().unwrap_or_default();
     let name = request.name_any();
@@ -139,12 +163,21 @@ async fn reconcile(request: Arc<IngestionKeyRequest>, ctx: Arc<Context>) -> Resu
     .await
     .map_err(|error| match error {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(source) => ReconcileError::Kubernetes { action: "add finalizer", source },
-        finalizer::Error::RemoveFinalizer(source) => ReconcileError::Kubernetes { action: "remove finalizer", source },
+        finalizer::Error::AddFinalizer(source) => ReconcileError::Kubernetes {
+            action: "add finalizer",
+            source,
+        },
+        finalizer::Error::RemoveFinalizer(source) => ReconcileError::Kubernetes {
+            action: "remove finalizer",
+            source,
+        },
         other => ReconcileError::Unexpected(other.to_string()),
     });
     if let Err(error) = &result
-        && !matches!(error, ReconcileError::Kubernetes { .. } | ReconcileError::Unexpected(_))
+        && !matches!(
+            error,
+            ReconcileError::Kubernetes { .. } | ReconcileError::Unexpected(_)
+        )
     {
         // Say what is wrong where users look: the Ready condition, and an event when it changes.
         let transition = status::is_transition(&request, error.reason());
@@ -152,7 +185,13 @@ async fn reconcile(request: Arc<IngestionKeyRequest>, ctx: Arc<Context>) -> Resu
             warn!(%namespace, %name, error = %status_error, "could not write failure status");
         }
         if transition {
-            ctx.publish(&request, EventType::Warning, error.reason(), error.to_string()).await;
+            ctx.publish(
+                &request,
+                EventType::Warning,
+                error.reason(),
+                error.to_string(),
+            )
+            .await;
         }
     }
     let failure = result.as_ref().err().map(ReconcileError::reason);
@@ -170,7 +209,11 @@ async fn reconcile(request: Arc<IngestionKeyRequest>, ctx: Arc<Context>) -> Resu
 
 /// Back-off per request: transient errors retry soon and double up to 5 minutes; permanent ones
 /// wait long (a change to the request or its API key Secret triggers a reconcile anyway).
-fn error_policy(request: Arc<IngestionKeyRequest>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    request: Arc<IngestionKeyRequest>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
     let key = ObjectRef::from_obj(&*request);
     let attempt = {
         let mut failures = lock(&ctx.failures);
@@ -210,13 +253,14 @@ pub fn shutdown_on_signals() -> Shutdown {
     async {
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
@@ -237,13 +281,18 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
     } else {
         ctx.settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let managed_secrets = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let managed_secrets =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let mut stores: Vec<kube::runtime::reflector::Store<IngestionKeyRequest>> = Vec::new();
     let mut controllers = Vec::new();
     for scope in scopes {
         let client = ctx.client.clone();
         let (requests, secrets, secret_metadata) = match &scope {
-            None => (Api::all(client.clone()), Api::<Secret>::all(client.clone()), Api::<PartialObjectMeta<Secret>>::all(client)),
+            None => (
+                Api::all(client.clone()),
+                Api::<Secret>::all(client.clone()),
+                Api::<PartialObjectMeta<Secret>>::all(client),
+            ),
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
                 Api::<Secret>::namespaced(client.clone(), ns),
@@ -258,16 +307,22 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
         // the requests that reference that Secret, so fixing a missing API key acts at once.
         let controller = controller
             .owns(secrets, managed_secrets.clone())
-            .watches(secret_metadata, watcher::Config::default(), move |secret: PartialObjectMeta<Secret>| {
-                let namespace = secret.namespace();
-                let name = secret.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|r| r.namespace() == namespace && r.spec.api_key_secret_ref.name == name)
-                    .map(|r| ObjectRef::from_obj(&*r))
-                    .collect::<Vec<_>>()
-            })
+            .watches(
+                secret_metadata,
+                watcher::Config::default(),
+                move |secret: PartialObjectMeta<Secret>| {
+                    let namespace = secret.namespace();
+                    let name = secret.name_any();
+                    store
+                        .state()
+                        .into_iter()
+                        .filter(|r| {
+                            r.namespace() == namespace && r.spec.api_key_secret_ref.name == name
+                        })
+                        .map(|r| ObjectRef::from_obj(&*r))
+                        .collect::<Vec<_>>()
+                },
+            )
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
@@ -307,7 +362,10 @@ mod tests {
         let key = ObjectRef::<IngestionKeyRequest>::new("a").within("b");
         for _ in 0..100 {
             let d = jitter(Duration::from_secs(100), &key);
-            assert!(d >= Duration::from_secs(90) && d <= Duration::from_secs(110), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
         }
     }
 }

@@ -17,21 +17,40 @@ use crate::{
     ibm::{ResourceInstance, ResourceKey},
 };
 
-async fn patch(ctx: &Context, request: &IngestionKeyRequest, status: Value, action: &'static str) -> Result<(), ReconcileError> {
+async fn patch(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    status: Value,
+    action: &'static str,
+) -> Result<(), ReconcileError> {
     let namespace = request.namespace().unwrap_or_default();
     let api: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
-    api.patch_status(&request.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-        .await
-        .map(|_| ())
-        .map_err(ReconcileError::kube(action))
+    api.patch_status(
+        &request.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(ReconcileError::kube(action))
 }
 
 fn previous_ready(request: &IngestionKeyRequest) -> Option<&Condition> {
-    request.status.as_ref()?.conditions.iter().find(|c| c.type_ == READY_CONDITION)
+    request
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY_CONDITION)
 }
 
 /// The Ready condition, keeping `lastTransitionTime` while its status does not change.
-fn ready_condition(request: &IngestionKeyRequest, ready: bool, reason: &str, message: String) -> Condition {
+fn ready_condition(
+    request: &IngestionKeyRequest,
+    ready: bool,
+    reason: &str,
+    message: String,
+) -> Condition {
     let status = if ready { "True" } else { "False" };
     let last_transition_time = previous_ready(request)
         .filter(|c| c.status == status)
@@ -62,13 +81,30 @@ fn instance_status(instance: &ResourceInstance) -> Value {
 }
 
 /// Records that a key named `name` is about to be created on the instance.
-pub(super) async fn record_pending(ctx: &Context, request: &IngestionKeyRequest, name: &str, instance: &ResourceInstance) -> Result<(), ReconcileError> {
-    let pending = json!({ "name": name, "instanceGuid": instance.guid, "startedAt": Time(Timestamp::now()) });
-    patch(ctx, request, json!({ "pendingKeyCreation": pending, "instance": instance_status(instance) }), "record pending key creation").await
+pub(super) async fn record_pending(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    name: &str,
+    instance: &ResourceInstance,
+) -> Result<(), ReconcileError> {
+    let pending =
+        json!({ "name": name, "instanceGuid": instance.guid, "startedAt": Time(Timestamp::now()) });
+    patch(
+        ctx,
+        request,
+        json!({ "pendingKeyCreation": pending, "instance": instance_status(instance) }),
+        "record pending key creation",
+    )
+    .await
 }
 
 /// Records the key the request owns (before anything else is done with it).
-pub(super) async fn record_key(ctx: &Context, request: &IngestionKeyRequest, instance: &ResourceInstance, key: &ResourceKey) -> Result<(), ReconcileError> {
+pub(super) async fn record_key(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    instance: &ResourceInstance,
+    key: &ResourceKey,
+) -> Result<(), ReconcileError> {
     let key_status = json!({ "guid": key.guid, "crn": key.crn, "name": key.name });
     patch(
         ctx,
@@ -105,7 +141,11 @@ pub(super) async fn synced(
 }
 
 /// Ready=False with the error's reason and message; everything else recorded stays.
-pub(super) async fn failed(ctx: &Context, request: &IngestionKeyRequest, error: &ReconcileError) -> Result<(), ReconcileError> {
+pub(super) async fn failed(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    error: &ReconcileError,
+) -> Result<(), ReconcileError> {
     let condition = ready_condition(request, false, error.reason(), error.to_string());
     patch(
         ctx,
