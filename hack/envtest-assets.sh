@@ -30,6 +30,17 @@ if usable "$CACHE_DIR" && [ -x "$CACHE_DIR/kube-controller-manager" ]; then
   echo "$CACHE_DIR"; exit 0
 fi
 
+# One build at a time (several test binaries or make runs may ask at once); whoever waited finds
+# the cache filled.
+mkdir -p "$(dirname "$CACHE_DIR")"
+if command -v flock >/dev/null; then
+  exec 9>"$CACHE_DIR.lock"
+  flock 9
+  if usable "$CACHE_DIR" && [ -x "$CACHE_DIR/kube-controller-manager" ]; then
+    echo "$CACHE_DIR"; exit 0
+  fi
+fi
+
 [ "$(id -u)" = 0 ] && SUDO= || SUDO=sudo
 command -v apt-get >/dev/null || { log "no apt-get: set KUBEBUILDER_ASSETS to a directory with kube-apiserver, etcd and kube-controller-manager"; exit 1; }
 
@@ -43,7 +54,7 @@ if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-s
 fi
 log "installing build prerequisites (golang-go, etcd-server, reflect2 1.0.2 sources)"
 $SUDO apt-get update -qq >&2
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev >&2
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go rsync jq openssl etcd-server golang-github-modern-go-reflect2-dev dpkg-dev >&2
 # Debian starts etcd as a service on install; the tests run their own on free ports.
 $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 pkill -x etcd -u etcd 2>/dev/null || true
@@ -60,6 +71,8 @@ if [ ! -f "$SRC/Makefile" ]; then
   rm -rf "$SRC"; mkdir -p "$SRC"
   tar -xf "$(ls kubernetes_*.orig.tar.* | head -n1)" -C "$SRC" --strip-components=1
 fi
+# 1.0.2 dropped files that 1.0.1 had (go_above_17.go, ...): replace the directory's Go files wholesale.
+rm -f "$SRC/vendor/github.com/modern-go/reflect2/"*.go
 cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go "$SRC/vendor/github.com/modern-go/reflect2/"
 rm -f "$SRC/vendor/github.com/modern-go/reflect2/"*_test.go
 
@@ -76,5 +89,5 @@ mkdir -p "$CACHE_DIR"
 cp "$OUT/kube-apiserver" "$OUT/kube-controller-manager" "$CACHE_DIR/"
 cp "$(command -v etcd || echo /usr/bin/etcd)" "$CACHE_DIR/etcd"
 usable "$CACHE_DIR" || { log "built apiserver failed the reflect2 check"; exit 1; }
-log "assets ready in $CACHE_DIR"
+log "assets ready in $CACHE_DIR after ${SECONDS}s"
 echo "$CACHE_DIR"

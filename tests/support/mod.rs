@@ -1,0 +1,692 @@
+//! Test harness: a real kube-apiserver + etcd (+ kube-controller-manager when present) on free
+//! loopback ports, started once per test binary.
+//!
+//! ```ignore
+//! mod support;
+//!
+//! #[tokio::test]
+//! async fn something() {
+//!     let cp = support::control_plane();
+//!     cp.install_crd(MyResource::crd()).await;
+//!     let ns = cp.namespace("something").await;
+//!     let client = cp.client().await;
+//!     // ... create objects in `ns`, then await conditions with `support::wait_for`.
+//! }
+//! ```
+//!
+//! Binaries come from `KUBEBUILDER_ASSETS` (the layout `setup-envtest` produces) when it holds an
+//! apiserver with the reflect2 fix, otherwise from `hack/envtest-assets.sh`, which builds and caches
+//! them. Every server is started through a small `sh` watchdog, in a process group of its own, that
+//! kills it (and a last one removes the temporary directory) as soon as the test process is gone,
+//! whether it returned, panicked, got Ctrl-C or was killed with SIGKILL: statics are never dropped,
+//! so nothing else would. `tests/control_plane.rs` checks this.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// A string the apiserver binary contains only when built with reflect2 >= 1.0.2. Kubernetes 1.20
+/// vendors reflect2 1.0.1, which crashes the apiserver on the first custom resource it serves when
+/// built with Go >= 1.18.
+pub const REFLECT2_MARK: &[u8] = b"modern-go/reflect2/go_above_118.go";
+
+/// How long the control plane may take to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Polling interval of [`wait_for`].
+const POLL: Duration = Duration::from_millis(100);
+
+/// Runs `"$@"` in the background with its output appended to `$2`, prints its pid, then polls the
+/// test process (`$1`): once it is gone, the server gets SIGTERM, then SIGKILL after 5 s, and is
+/// reaped.
+const WATCHDOG: &str = r#"
+alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
+trap '' INT HUP QUIT
+parent=$1; log=$2; shift 2
+"$@" >>"$log" 2>&1 </dev/null &
+child=$!
+echo "$child"
+exec >/dev/null 2>&1
+trap 'kill -KILL "$child"; exit 1' TERM
+while alive "$parent"; do sleep 0.2; done
+kill -TERM "$child"
+i=0
+while [ "$i" -lt 50 ] && alive "$child"; do sleep 0.1; i=$((i+1)); done
+kill -KILL "$child"
+wait "$child"
+"#;
+
+/// Once the test process (`$1`) is gone and the servers (`$3...`) have exited (at most 15 s), removes
+/// the temporary directory `$2`.
+const JANITOR: &str = r#"
+alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
+trap '' INT HUP QUIT
+parent=$1; dir=$2; shift 2
+exec </dev/null >/dev/null 2>&1
+while alive "$parent"; do sleep 0.5; done
+for pid in "$@"; do
+  i=0
+  while [ "$i" -lt 150 ] && alive "$pid"; do sleep 0.1; i=$((i+1)); done
+done
+rm -rf "$dir"
+"#;
+
+/// The control plane of this test binary, started on first use.
+///
+/// Panics (in every caller) when it cannot be started.
+pub fn control_plane() -> &'static ControlPlane {
+    static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+    match CONTROL_PLANE.get_or_init(|| ControlPlane::start_with_retries(3)) {
+        Ok(cp) => cp,
+        Err(e) => panic!("the test control plane did not start: {e}"),
+    }
+}
+
+/// A server process started by the harness.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: &'static str,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+/// etcd + kube-apiserver (+ kube-controller-manager) on loopback ports, with an admin token in
+/// `system:masters` and RBAC authorization.
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: PathBuf,
+    assets: PathBuf,
+    kubeconfig: PathBuf,
+    ca_file: PathBuf,
+    server_url: String,
+    admin_token: String,
+    servers: Vec<Server>,
+    namespaces: AtomicUsize,
+}
+
+impl ControlPlane {
+    fn start_with_retries(attempts: usize) -> Result<Self, String> {
+        let assets = assets_dir()?;
+        let mut errors = String::new();
+        for attempt in 1..=attempts {
+            // A free port picked by binding :0 may be taken before the server binds it: retry.
+            match Self::start(&assets) {
+                Ok(cp) => return Ok(cp),
+                Err(e) => {
+                    let _ = write!(errors, "\n--- attempt {attempt}: {e}");
+                }
+            }
+        }
+        Err(errors)
+    }
+
+    /// Starts a control plane from the binaries in `assets`.
+    pub fn start(assets: &Path) -> Result<Self, String> {
+        let dir = unique_temp_dir()?;
+        let mut cp = ControlPlane {
+            assets: assets.to_path_buf(),
+            kubeconfig: dir.join("kubeconfig"),
+            ca_file: dir.join("certs").join("apiserver.crt"),
+            server_url: String::new(),
+            admin_token: format!("admin-{}", unique_suffix()),
+            servers: Vec::new(),
+            namespaces: AtomicUsize::new(0),
+            dir,
+        };
+        match cp.boot() {
+            Ok(()) => {
+                cp.spawn_janitor()?;
+                Ok(cp)
+            }
+            Err(e) => {
+                let logs = cp.log_tails();
+                cp.kill_now();
+                let _ = std::fs::remove_dir_all(&cp.dir);
+                Err(format!("{e}{logs}"))
+            }
+        }
+    }
+
+    fn boot(&mut self) -> Result<(), String> {
+        let dir = self.dir.clone();
+        for sub in ["certs", "etcd"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("creating {sub}: {e}"))?;
+        }
+
+        // Service-account signing key.
+        let sa_key = dir.join("sa.key");
+        let sa_pub = dir.join("sa.pub");
+        run(Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&sa_key)
+            .arg("2048"))?;
+        run(Command::new("openssl")
+            .args(["rsa", "-pubout", "-in"])
+            .arg(&sa_key)
+            .arg("-out")
+            .arg(&sa_pub))?;
+
+        // Token authentication: the admin is in system:masters.
+        let tokens = dir.join("tokens.csv");
+        write(
+            &tokens,
+            &format!("{},admin,admin,\"system:masters\"\n", self.admin_token),
+        )?;
+
+        let [etcd_port, peer_port, api_port] = free_ports::<3>()?;
+        self.server_url = format!("https://127.0.0.1:{api_port}");
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+
+        let mut etcd = Command::new(self.assets.join("etcd"));
+        etcd.arg("--name=default")
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            .arg("--initial-cluster-state=new");
+        self.spawn("etcd", etcd)?;
+
+        let mut apiserver = Command::new(self.assets.join("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!("--cert-dir={}", dir.join("certs").display()))
+            .arg(format!("--secure-port={api_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg("--insecure-port=0")
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-key-file={}", sa_pub.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key.display()
+            ))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--token-auth-file={}", tokens.display()))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--allow-privileged=true");
+        self.spawn("kube-apiserver", apiserver)?;
+
+        // The apiserver writes its self-signed certificate (with the CA in the bundle) on start.
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.ca_file.exists() {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                return Err("kube-apiserver wrote no serving certificate".into());
+            }
+            std::thread::sleep(POLL);
+        }
+        self.write_kubeconfig_to(&self.kubeconfig, &self.admin_token)?;
+        self.wait_ready(deadline)?;
+
+        let kcm = self.assets.join("kube-controller-manager");
+        if kcm.exists() {
+            let mut cmd = Command::new(kcm);
+            cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+                .arg("--controllers=garbagecollector,namespace,serviceaccount-token")
+                .arg("--leader-elect=false")
+                .arg(format!(
+                    "--service-account-private-key-file={}",
+                    sa_key.display()
+                ))
+                .arg(format!("--root-ca-file={}", self.ca_file.display()))
+                .arg("--secure-port=0")
+                .arg("--port=0");
+            self.spawn("kube-controller-manager", cmd)?;
+        }
+        Ok(())
+    }
+
+    /// Starts `cmd` under a [`WATCHDOG`] and records the server's pid.
+    fn spawn(&mut self, name: &'static str, cmd: Command) -> Result<(), String> {
+        let log = self.dir.join(format!("{name}.log"));
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(WATCHDOG)
+            .arg("watchdog")
+            .arg(std::process::id().to_string())
+            .arg(&log)
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            // Out of the test's process group: a signal to the group (Ctrl-C, a CI timeout) kills
+            // the test process, and the watchdog then cleans up after it.
+            .process_group(0);
+        let mut child = sh
+            .spawn()
+            .map_err(|e| format!("starting {name} under sh: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the pid of {name}: {e}"))?;
+        let pid = line
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}: the watchdog printed {line:?}, not a pid"))?;
+        self.servers.push(Server { name, pid, log });
+        Ok(())
+    }
+
+    fn spawn_janitor(&self) -> Result<(), String> {
+        Command::new("sh")
+            .arg("-c")
+            .arg(JANITOR)
+            .arg("janitor")
+            .arg(std::process::id().to_string())
+            .arg(&self.dir)
+            .args(self.servers.iter().map(|s| s.pid.to_string()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting the janitor: {e}"))?;
+        Ok(())
+    }
+
+    fn check_alive(&self) -> Result<(), String> {
+        match self.servers.iter().find(|s| !process_alive(s.pid)) {
+            Some(s) => Err(format!("{} (pid {}) exited during start-up", s.name, s.pid)),
+            None => Ok(()),
+        }
+    }
+
+    /// Polls `/readyz` with the admin token until it answers 200.
+    fn wait_ready(&self, deadline: Instant) -> Result<(), String> {
+        let url = format!("{}/readyz", self.server_url);
+        let ca = std::fs::read(&self.ca_file).map_err(|e| format!("reading the CA: {e}"))?;
+        let token = self.admin_token.clone();
+        // A runtime of our own, on a thread of our own: the caller may be inside a tokio runtime.
+        let check = move || -> Result<(), String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let mut builder = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .tls_built_in_root_certs(false);
+                for cert in reqwest::Certificate::from_pem_bundle(&ca).map_err(|e| e.to_string())? {
+                    builder = builder.add_root_certificate(cert);
+                }
+                let http = builder.build().map_err(|e| e.to_string())?;
+                let mut last = String::from("no answer");
+                while Instant::now() < deadline {
+                    match http.get(&url).bearer_auth(&token).send().await {
+                        Ok(r) if r.status().is_success() => return Ok(()),
+                        Ok(r) => {
+                            last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default())
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(format!(
+                    "kube-apiserver not ready in time; last /readyz answer: {last}"
+                ))
+            })
+        };
+        let handle = std::thread::spawn(check);
+        loop {
+            if handle.is_finished() {
+                return handle
+                    .join()
+                    .map_err(|_| "readiness check panicked".to_string())?;
+            }
+            self.check_alive()?;
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for s in &self.servers {
+            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            let _ = write!(out, "\n--- last lines of {}:\n{tail}", s.log.display());
+        }
+        out
+    }
+
+    fn kill_now(&self) {
+        for s in &self.servers {
+            let _ = Command::new("kill")
+                .args(["-KILL", &s.pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// The kubeconfig of the admin (token in `system:masters`), for `kubectl` and the operator.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The apiserver's self-signed certificate bundle, the CA of the kubeconfigs.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The temporary directory of this control plane (logs, certificates, etcd data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory the binaries come from.
+    pub fn assets_dir(&self) -> &Path {
+        &self.assets
+    }
+
+    /// The server processes (etcd, kube-apiserver, kube-controller-manager when present).
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    /// Whether kube-controller-manager runs (garbage collection, namespace deletion).
+    pub fn has_controller_manager(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| s.name == "kube-controller-manager")
+    }
+
+    /// Writes a kubeconfig for another bearer token (e.g. a service account's) to `path`.
+    pub fn write_kubeconfig_to(&self, path: &Path, token: &str) -> Result<(), String> {
+        let text = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: envtest
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: user
+  user:
+    token: {token}
+contexts:
+- name: envtest
+  context:
+    cluster: envtest
+    user: user
+    namespace: default
+current-context: envtest
+",
+            server = self.server_url,
+            ca = self.ca_file.display(),
+        );
+        write(path, &text)
+    }
+
+    /// Writes a kubeconfig for `token` into the control plane's directory and returns its path.
+    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.join(format!("kubeconfig-{name}"));
+        self.write_kubeconfig_to(&path, token)
+            .unwrap_or_else(|e| panic!("{e}"));
+        path
+    }
+
+    /// A new admin client. Make one per test: a client belongs to the runtime it was made in.
+    pub async fn client(&self) -> kube::Client {
+        self.client_for(&self.kubeconfig).await
+    }
+
+    /// A new client from the kubeconfig at `path`.
+    pub async fn client_for(&self, path: &Path) -> kube::Client {
+        let kubeconfig = Kubeconfig::read_from(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
+        kube::Client::try_from(config).unwrap_or_else(|e| panic!("building a client: {e}"))
+    }
+
+    /// `kubectl --kubeconfig <admin kubeconfig>`.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    /// The operator binary with `KUBECONFIG` pointing at the admin kubeconfig.
+    pub fn operator_command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingestion-key-operator"));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// Installs (creates or replaces) `crd` and waits until it is Established. Idempotent, and
+    /// safe when several tests install the same CRD at once.
+    pub async fn install_crd(&self, crd: CustomResourceDefinition) {
+        let name = crd
+            .metadata
+            .name
+            .clone()
+            .expect("the CRD has a metadata.name");
+        let api: Api<CustomResourceDefinition> = Api::all(self.client().await);
+        let mut crd = crd;
+        crd.metadata.managed_fields = None;
+        crd.metadata.resource_version = None;
+        crd.status = None;
+        // Create, or replace what is there: server-side apply is not an option, because a 1.20
+        // API server refuses to apply a CRD carrying x-kubernetes-validations ("field not declared
+        // in schema"), while create and update accept it and drop the rules.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match api.get_opt(&name).await {
+                Ok(None) => api.create(&PostParams::default(), &crd).await.map(|_| ()),
+                Ok(Some(existing)) => {
+                    let mut replacement = crd.clone();
+                    replacement.metadata.resource_version = existing.metadata.resource_version;
+                    api.replace(&name, &PostParams::default(), &replacement)
+                        .await
+                        .map(|_| ())
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => break,
+                // Concurrent installs conflict (409): look again.
+                Err(e) if attempt < 10 => {
+                    eprintln!("installing CRD {name} (attempt {attempt}): {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("installing CRD {name}: {e}"),
+            }
+        }
+        wait_for(
+            &format!("CRD {name} to be Established"),
+            Duration::from_secs(30),
+            || async {
+                api.get(&name)
+                    .await
+                    .ok()
+                    .and_then(|crd| crd.status)
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            },
+        )
+        .await;
+    }
+
+    /// Creates a fresh namespace `<prefix>-<n>-<pid>` and returns its name.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        let n = self.namespaces.fetch_add(1, Ordering::SeqCst);
+        let suffix = format!("-{n}-{}", std::process::id());
+        let mut prefix: String = prefix
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        prefix.truncate(63 - suffix.len());
+        let prefix = prefix.trim_matches('-');
+        let name = format!(
+            "{}{suffix}",
+            if prefix.is_empty() { "test" } else { prefix }
+        );
+        let api: Api<Namespace> = Api::all(self.client().await);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "test-harness": "true" } }
+        }))
+        .expect("namespace JSON");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        name
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether `pid` runs (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The binaries: `KUBEBUILDER_ASSETS` when it holds a fixed apiserver and etcd, otherwise whatever
+/// `hack/envtest-assets.sh` prints (it refuses unfixed binaries and builds and caches good ones).
+pub fn assets_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if usable_assets(&dir) {
+            return Ok(dir);
+        }
+        eprintln!(
+            "KUBEBUILDER_ASSETS={} lacks etcd or a kube-apiserver with the reflect2 fix; \
+             falling back to hack/envtest-assets.sh",
+            dir.display()
+        );
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/envtest-assets.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed ({})", script.display(), out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dir = PathBuf::from(text.lines().last().unwrap_or("").trim());
+    if !usable_assets(&dir) {
+        return Err(format!(
+            "{} printed {:?}, which lacks usable binaries",
+            script.display(),
+            dir
+        ));
+    }
+    Ok(dir)
+}
+
+/// `dir` holds etcd and a kube-apiserver carrying the reflect2 fix.
+pub fn usable_assets(dir: &Path) -> bool {
+    dir.join("etcd").is_file()
+        && std::fs::read(dir.join("kube-apiserver"))
+            .is_ok_and(|bin| bin.windows(REFLECT2_MARK.len()).any(|w| w == REFLECT2_MARK))
+}
+
+fn free_ports<const N: usize>() -> Result<[u16; N], String> {
+    // Hold all listeners at once so the ports differ.
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("picking free ports: {e}"))?;
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr().map_err(|e| e.to_string())?.port();
+    }
+    Ok(ports)
+}
+
+fn unique_suffix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn unique_temp_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("iko-envtest-{}", unique_suffix()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
