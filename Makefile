@@ -34,7 +34,7 @@ unit-and-integration:
 	assets=$$($(ASSETS_SCRIPT)); \
 	export KUBEBUILDER_ASSETS=$$assets; \
 	echo "control-plane binaries: $$KUBEBUILDER_ASSETS" >&2; \
-	$(CARGO) test
+	$(CARGO) test --no-fail-fast
 
 ## The committed CRD must be what the binary generates.
 crd-check:
@@ -44,3 +44,30 @@ crd-check:
 ## Regenerates crds/ from the binary.
 crds:
 	$(CARGO) run -q -- crd > $(CRD_FILE).tmp && mv $(CRD_FILE).tmp $(CRD_FILE)
+
+# --- Packaging and the demo (README). ---
+.PHONY: demo demo-once chart-lint crd-copies tools
+CHART := charts/ingestion-key-operator
+
+## The local demo: control plane + IBM Cloud simulator + the operator, until Ctrl-C.
+demo:
+	$(CARGO) build && $(CARGO) run --example demo
+
+## The demo, exiting after showing the result (what tests/demo.rs runs).
+demo-once:
+	$(CARGO) build && $(CARGO) run --example demo -- --once
+
+## Lints and renders the chart with the real Helm engine (hack/helm.py, helm-python-sdk), and builds deploy/.
+chart-lint:
+	python3 hack/helm.py lint $(CHART)
+	python3 hack/helm.py render $(CHART) >/dev/null
+	python3 hack/helm.py lint $(CHART) --values-json '{"watchNamespaces":["ibm-observe"],"ibmCloud":{"endpoints":"private"},"metrics":{"serviceMonitor":{"enabled":true}}}'
+	kubectl kustomize deploy/ >/dev/null
+
+## Copies crds/ into the chart and deploy/ (byte-identical copies; tests/packaging.rs checks them).
+crd-copies:
+	cp $(CRD_FILE) $(CHART)/crds/ && cp $(CRD_FILE) deploy/crds/
+
+## Tools the tests install on first use: the Helm engine for Python.
+tools:
+	python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet helm-python-sdk
