@@ -382,7 +382,7 @@ fn every_crd_copy_is_byte_identical_to_the_binary_output() {
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         assert!(
             text == generated,
-            "{} differs from `ingestion-key-operator crd`: regenerate it with `make crds` and copy it to {CHART}/crds and deploy/crds",
+            "{} differs from `ingestion-key-operator crd`: regenerate it with `make crds crd-copies`",
             copy.join(CRD_FILE).display()
         );
     }
