@@ -520,3 +520,56 @@ async fn many_requests_share_one_token_per_api_key() {
     );
     env.finish().await;
 }
+
+#[tokio::test]
+async fn moving_a_request_to_another_instance_replaces_its_key() {
+    let env = Env::new("move").await;
+    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
+    env.create_request("mover", spec(json!({"name": "my-activity-tracker"})))
+        .await;
+    let before = env.wait_ready("mover").await;
+    let old_key = before.status.unwrap().resource_key.unwrap().guid;
+    let old_value = env
+        .secret_value("logdna-agent-key", "logdna-agent-key")
+        .await;
+    let secret_uid = env.secret("logdna-agent-key").await.unwrap().uid();
+
+    env.requests()
+        .patch(
+            "mover",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"instance": {"name": "my-log-analysis"}}})),
+        )
+        .await
+        .unwrap();
+    let requests = env.requests();
+    wait_for("the request to move to my-log-analysis", WAIT, || async {
+        requests.get("mover").await.ok().is_some_and(|r| {
+            ready_reason(&r).as_deref() == Some("KeySynced")
+                && r.status
+                    .as_ref()
+                    .and_then(|s| s.instance.as_ref())
+                    .is_some_and(|i| i.name == "my-log-analysis")
+        })
+    })
+    .await;
+    let after = env.requests().get("mover").await.unwrap();
+    let new_key = after.status.unwrap().resource_key.unwrap().guid;
+    assert_ne!(new_key, old_key);
+    let keys = env.sim_keys_of("mover");
+    assert!(
+        keys.contains(&(old_key, "removed".into())),
+        "the old key is deleted: {keys:?}"
+    );
+    assert_eq!(env.active_keys_of("mover"), 1, "one request, one key");
+    let new_value = env
+        .secret_value("logdna-agent-key", "logdna-agent-key")
+        .await;
+    assert_ne!(new_value, old_value, "the new instance's ingestion key");
+    assert_eq!(
+        env.secret("logdna-agent-key").await.unwrap().uid(),
+        secret_uid,
+        "same Secret, updated in place"
+    );
+    env.finish().await;
+}

@@ -12,9 +12,13 @@ use tracing::{info, warn};
 
 use super::{Context, ReconcileError, jitter, lock, status};
 use crate::{
-    crd::{FIELD_MANAGER, IngestionKeyRequest, InstanceSelector, default_key_name, validate},
+    crd::{
+        DeletionPolicy, FIELD_MANAGER, IngestionKeyRequest, InstanceSelector, default_key_name,
+        validate,
+    },
     ibm::{
-        CreateKeyRequest, CredentialError, ErrorKind, InstanceQuery, ResourceInstance, ResourceKey,
+        CreateKeyRequest, CredentialError, ErrorKind, InstanceQuery, KeyDeletion, ResourceInstance,
+        ResourceKey,
     },
     redact::SecretString,
     render::{SecretOwnership, needs_update, ownership, render_secret},
@@ -300,6 +304,7 @@ async fn ensure_key(
             ctx.publish(request, EventType::Normal, "ResourceKeyReused", note)
                 .await;
         }
+        retire_replaced_key(ctx, request, api_key, recorded_guid.as_deref(), &key).await;
         return Ok(KeyLookup::Found(Box::new(key)));
     }
 
@@ -335,7 +340,43 @@ async fn ensure_key(
     ctx.publish(request, EventType::Normal, "ResourceKeyCreated", note)
         .await;
     info!(%namespace, %name, key = %key.guid, "created resource key");
+    retire_replaced_key(ctx, request, api_key, recorded_guid.as_deref(), &key).await;
     Ok(KeyLookup::Found(Box::new(key)))
+}
+
+/// A request owns one key. When it moved to another one (the spec now names another instance or
+/// key name, or the old key vanished), the key recorded before is deleted, unless the policy is
+/// Retain. A failure is logged and not retried: the new key already serves the request.
+async fn retire_replaced_key(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    api_key: &SecretString,
+    previous_guid: Option<&str>,
+    current: &ResourceKey,
+) {
+    let Some(previous) = previous_guid.filter(|guid| *guid != current.guid) else {
+        return;
+    };
+    if request.spec.deletion_policy == DeletionPolicy::Retain {
+        return;
+    }
+    let namespace = request.namespace().unwrap_or_default();
+    let name = request.name_any();
+    match ctx.ibm.delete_key(api_key, previous).await {
+        Ok(KeyDeletion::Deleted) => {
+            info!(%namespace, %name, key = %previous, "deleted the resource key this request used before");
+            let note = format!(
+                "deleted resource key {previous}, replaced by {} ({})",
+                current.name, current.guid
+            );
+            ctx.publish(request, EventType::Normal, "ResourceKeyDeleted", note)
+                .await;
+        }
+        Ok(KeyDeletion::AlreadyGone) => {}
+        Err(error) => {
+            warn!(%namespace, %name, key = %previous, %error, "could not delete the resource key this request used before")
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
