@@ -16,12 +16,18 @@ use kube::api::ListParams;
 use serde_json::json;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(run());
 }
 
 async fn run() {
-    let count: usize = std::env::var("IKO_BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let count: usize = std::env::var("IKO_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let env = Env::with_operator_args("bench", &["--concurrency", "32"]).await;
     env.api_key_secret("key-a", MANAGER_KEY).await;
     env.api_key_secret("key-b", READER_KEY).await;
@@ -39,31 +45,62 @@ async fn run() {
     }
     let created = started.elapsed();
     let requests = env.requests();
-    support::wait_for(&format!("{count} requests to be Ready"), Duration::from_secs(600), || async {
-        let list = requests.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-        list.iter().filter(|r| ready_reason(r).as_deref() == Some("KeySynced")).count() == count
-    })
+    support::wait_for(
+        &format!("{count} requests to be Ready"),
+        Duration::from_secs(600),
+        || async {
+            let list = requests
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            list.iter()
+                .filter(|r| ready_reason(r).as_deref() == Some("KeySynced"))
+                .count()
+                == count
+        },
+    )
     .await;
     let all_ready = started.elapsed();
 
     let calls = env.sim.calls();
-    let total_calls: u64 = calls.iter().filter(|(k, _)| !k.starts_with("POST /identity")).map(|(_, v)| v).sum();
+    let total_calls: u64 = calls
+        .iter()
+        .filter(|(k, _)| !k.starts_with("POST /identity"))
+        .map(|(_, v)| v)
+        .sum();
     let tokens = calls.get("POST /identity/token").copied().unwrap_or(0);
     let metrics = env.operator.metrics().await;
     let rss_kib = operator_rss_kib(&env);
 
     println!("requests:                      {count} (2 API keys)");
-    println!("created in:                    {:.2}s", created.as_secs_f64());
-    println!("all Ready after:               {:.2}s ({:.1} requests/s)", all_ready.as_secs_f64(), count as f64 / all_ready.as_secs_f64());
+    println!(
+        "created in:                    {:.2}s",
+        created.as_secs_f64()
+    );
+    println!(
+        "all Ready after:               {:.2}s ({:.1} requests/s)",
+        all_ready.as_secs_f64(),
+        count as f64 / all_ready.as_secs_f64()
+    );
     println!("IAM token exchanges:           {tokens}");
-    println!("Resource Controller calls:     {total_calls} ({:.2} per request)", total_calls as f64 / count as f64);
+    println!(
+        "Resource Controller calls:     {total_calls} ({:.2} per request)",
+        total_calls as f64 / count as f64
+    );
     for (endpoint, n) in &calls {
         println!("  {endpoint:<48} {n}");
     }
-    if let Some(line) = metrics.lines().find(|l| l.starts_with("ingestion_key_operator_reconcile_duration_seconds_sum")) {
+    if let Some(line) = metrics
+        .lines()
+        .find(|l| l.starts_with("ingestion_key_operator_reconcile_duration_seconds_sum"))
+    {
         println!("reconcile duration {line}");
     }
-    if let Some(line) = metrics.lines().find(|l| l.starts_with("ingestion_key_operator_reconcile_duration_seconds_count")) {
+    if let Some(line) = metrics
+        .lines()
+        .find(|l| l.starts_with("ingestion_key_operator_reconcile_duration_seconds_count"))
+    {
         println!("reconcile duration {line}");
     }
     println!("operator RSS:                  {} MiB", rss_kib / 1024);
@@ -75,10 +112,16 @@ async fn run() {
 }
 
 fn operator_rss_kib(env: &Env) -> u64 {
-    let Some(pid) = env.operator.pid() else { return 0 };
+    let Some(pid) = env.operator.pid() else {
+        return 0;
+    };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
