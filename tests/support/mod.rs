@@ -122,10 +122,21 @@ impl ControlPlane {
         let assets = assets_dir()?;
         let mut errors = String::new();
         for attempt in 1..=attempts {
+            let started = Instant::now();
             // A free port picked by binding :0 may be taken before the server binds it: retry.
             match Self::start(&assets) {
-                Ok(cp) => return Ok(cp),
+                Ok(cp) => {
+                    eprintln!(
+                        "test control plane ready in {:.1}s at {} (kubeconfig {}, logs in {})",
+                        started.elapsed().as_secs_f64(),
+                        cp.server_url,
+                        cp.kubeconfig.display(),
+                        cp.dir.display()
+                    );
+                    return Ok(cp);
+                }
                 Err(e) => {
+                    eprintln!("test control plane, attempt {attempt} failed: {e}");
                     let _ = write!(errors, "\n--- attempt {attempt}: {e}");
                 }
             }
