@@ -69,6 +69,30 @@ async fn requests_by_name_guid_and_crn_become_ready_with_one_key_each() {
     assert!(env.has_event("ResourceKeyCreated").await);
     assert!(env.has_event("SecretCreated").await);
 
+    // A reconcile that finds everything in sync (here: triggered by an annotation) asks IBM
+    // Cloud nothing until the refresh is due.
+    env.sim.reset_calls();
+    let successes = "ingestion_key_operator_reconcile_total{result=\"success\"}";
+    let before = env.operator.metric(successes).await;
+    env.requests()
+        .patch(
+            "by-name",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    let operator = &env.operator;
+    wait_for("a reconcile after the annotation", WAIT, || async {
+        operator.metric(successes).await > before
+    })
+    .await;
+    let calls = env.sim.calls();
+    assert!(
+        calls.is_empty(),
+        "no IBM Cloud call for a request in sync: {calls:?}"
+    );
+
     // One API key value across three requests: the operator made one token exchange, not three.
     let metrics = env.operator.metrics().await;
     assert!(metrics.contains("ingestion_key_operator_ibm_requests_total{endpoint=\"POST /identity/token\",status=\"200\"} 1\n"), "{metrics}");
@@ -174,6 +198,17 @@ async fn every_failure_reason_is_reported_while_healthy_requests_keep_working() 
             "{name}: a message says what to do"
         );
     }
+    // Failing requests back off: no status rewrite per attempt, so no busy loop of reconciles.
+    let failures = "ingestion_key_operator_reconcile_failures_total{reason=\"ApiKeyInvalid\"}";
+    let before = env.operator.metric(failures).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await; // an interval to count in, not a wait for a condition
+    let after = env.operator.metric(failures).await;
+    assert!(
+        after - before <= 2.0,
+        "ApiKeyInvalid retried {} times in 3 s",
+        after - before
+    );
+
     let ambiguous = env.requests().get("ambiguous").await.unwrap();
     assert_eq!(
         ready_message(&ambiguous).matches("crn:v1:").count(),

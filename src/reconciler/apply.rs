@@ -8,20 +8,20 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Context, ReconcileError, jitter, lock, status};
 use crate::{
     crd::{
-        DeletionPolicy, FIELD_MANAGER, IngestionKeyRequest, InstanceSelector, default_key_name,
-        validate,
+        DeletionPolicy, FIELD_MANAGER, IngestionKeyRequest, InstanceSelector, READY_CONDITION,
+        default_key_name, validate,
     },
     ibm::{
         CreateKeyRequest, CredentialError, ErrorKind, InstanceQuery, KeyDeletion, ResourceInstance,
         ResourceKey,
     },
     redact::SecretString,
-    render::{SecretOwnership, needs_update, ownership, render_secret},
+    render::{SecretOwnership, needs_update, ownership, render_secret, stored_credential},
 };
 
 pub(super) async fn apply(
@@ -32,7 +32,14 @@ pub(super) async fn apply(
     let name = request.name_any();
     let valid = validate(request)?;
     let api_key = read_api_key(ctx, request).await?;
-    lock(&ctx.last_api_keys).insert(ObjectRef::from_obj(request), api_key.clone());
+    let previous_api_key =
+        lock(&ctx.last_api_keys).insert(ObjectRef::from_obj(request), api_key.clone());
+    if previous_api_key.as_ref() == Some(&api_key)
+        && let Some(wait) = in_sync_for(ctx, request, valid.refresh_interval).await?
+    {
+        debug!(%namespace, %name, next_refresh_seconds = wait.as_secs(), "in sync; nothing to do");
+        return Ok(Action::requeue(wait));
+    }
     let secret_name = &request.spec.api_key_secret_ref.name;
 
     let instance = resolve_instance(ctx, &api_key, &valid.instance, secret_name).await?;
@@ -107,6 +114,62 @@ pub(super) async fn apply(
         valid.refresh_interval,
         &ObjectRef::from_obj(request),
     )))
+}
+
+/// How long the request stays in sync without asking IBM Cloud: it is Ready for its current
+/// generation, its refresh is not due, and its Secret still holds the synced credential. Reconciles
+/// triggered by the operator's own status writes or by unrelated updates then cost one Secret read
+/// and no IBM Cloud call. `None`: do the full sync.
+async fn in_sync_for(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    refresh_interval: Duration,
+) -> Result<Option<Duration>, ReconcileError> {
+    let Some(status) = &request.status else {
+        return Ok(None);
+    };
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY_CONDITION && c.status == "True");
+    let (Some(fingerprint), Some(last_sync)) = (&status.key_fingerprint, &status.last_sync_time)
+    else {
+        return Ok(None);
+    };
+    if !ready
+        || status.observed_generation != request.metadata.generation
+        || status.pending_key_creation.is_some()
+    {
+        return Ok(None);
+    }
+    let age =
+        Duration::try_from(Timestamp::now().duration_since(last_sync.0)).unwrap_or(Duration::MAX);
+    // Refreshes are spread by +-10%: one that fires early must still do the full sync.
+    let due = refresh_interval.mul_f64(0.85);
+    if age >= due {
+        return Ok(None);
+    }
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+    let Some(secret) = api
+        .get_opt(&request.spec.secret.name)
+        .await
+        .map_err(ReconcileError::kube("read the Secret"))?
+    else {
+        return Ok(None);
+    };
+    if ownership(&secret, request) != SecretOwnership::Ours {
+        return Ok(None);
+    }
+    let Some(stored) = stored_credential(&secret, &request.spec.secret.key) else {
+        return Ok(None);
+    };
+    if stored.fingerprint() != *fingerprint {
+        return Ok(None);
+    }
+    let in_sync =
+        render_secret(request, &stored).is_some_and(|desired| !needs_update(&secret, &desired));
+    Ok(in_sync.then(|| refresh_interval.saturating_sub(age)))
 }
 
 /// Reads the API key from the referenced Secret, in the request's own namespace only.

@@ -140,13 +140,25 @@ pub(super) async fn synced(
     .await
 }
 
-/// Ready=False with the error's reason and message; everything else recorded stays.
+/// Ready=False with the error's reason and message; everything else recorded stays. Nothing is
+/// written when the condition already says the same (transaction ids aside): every write is a
+/// watch event, and a rewrite per attempt would turn the back-off into a busy loop.
 pub(super) async fn failed(
     ctx: &Context,
     request: &IngestionKeyRequest,
     error: &ReconcileError,
 ) -> Result<(), ReconcileError> {
-    let condition = ready_condition(request, false, error.reason(), error.to_string());
+    let message = error.to_string();
+    let unchanged = previous_ready(request).is_some_and(|c| {
+        c.status == "False"
+            && c.reason == error.reason()
+            && c.observed_generation == request.metadata.generation
+            && without_transaction_ids(&c.message) == without_transaction_ids(&message)
+    });
+    if unchanged {
+        return Ok(());
+    }
+    let condition = ready_condition(request, false, error.reason(), message);
     patch(
         ctx,
         request,
@@ -154,4 +166,34 @@ pub(super) async fn failed(
         "write failure status",
     )
     .await
+}
+
+/// The message without IBM Cloud transaction ids, which differ on every attempt.
+fn without_transaction_ids(message: &str) -> String {
+    const MARK: &str = " (transaction id ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(MARK) {
+        out.push_str(&rest[..start]);
+        rest = &rest[start + MARK.len()..];
+        rest = rest.find(')').map_or("", |end| &rest[end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_transaction_ids;
+
+    #[test]
+    fn transaction_ids_are_ignored_when_comparing_messages() {
+        assert_eq!(
+            without_transaction_ids(
+                "IAM rejected it (x failed: HTTP 400 (API key rejected): gone (transaction id abc-1)): fix it"
+            ),
+            "IAM rejected it (x failed: HTTP 400 (API key rejected): gone): fix it"
+        );
+        assert_eq!(without_transaction_ids("no ids here"), "no ids here");
+    }
 }
