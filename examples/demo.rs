@@ -28,7 +28,6 @@ macro_rules! env {
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
@@ -49,25 +48,6 @@ const SECRET: &str = "logdna-agent-key";
 const SECRET_KEY: &str = "logdna-agent-key";
 const CRD_NAME: &str = "ingestionkeyrequests.keysync.dev";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Runs `"$@"` in the background (output appended to `$2`), prints its pid, and once the demo
-/// (`$1`) is gone, whatever ended it (Ctrl-C, SIGTERM, SIGKILL), stops it: SIGTERM, then SIGKILL
-/// after 5 s.
-const WATCHDOG: &str = r#"
-alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
-trap '' INT HUP QUIT
-parent=$1; log=$2; shift 2
-"$@" >>"$log" 2>&1 </dev/null &
-child=$!
-echo "$child"
-exec >/dev/null 2>&1
-while alive "$parent" && alive "$child"; do sleep 0.2; done
-kill -TERM "$child"
-i=0
-while [ "$i" -lt 50 ] && alive "$child"; do sleep 0.1; i=$((i+1)); done
-kill -KILL "$child"
-wait "$child"
-"#;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -327,31 +307,15 @@ impl Demo {
         Ok(())
     }
 
-    /// Starts `program args` under [`WATCHDOG`] and returns its pid.
+    /// Starts `program args` under the harness's watchdog (it stops the program once the demo is
+    /// gone, whatever ended it) and returns its pid.
     fn spawn_watched(&self, program: &Path, args: &[String], log: &Path) -> Result<u32> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("demo-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(log)
-            .arg(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
-            .env("POD_NAME", "demo")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", program.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the pid of {}: {e}", program.display()))?;
-        line.trim()
-            .parse()
-            .map_err(|_| format!("the watchdog printed {line:?}, not a pid"))
+            .env("POD_NAME", "demo");
+        support::spawn_supervised(&program.display().to_string(), &cmd, log)
     }
 
     fn kubectl(&self, args: &[&str]) -> Result<String> {

@@ -14,6 +14,12 @@ use kube::{
 use serde_json::json;
 use support::wait_for;
 
+/// A request for the instance named `instance`, acting with the API key in Secret `api_key_secret`,
+/// writing Secret `secret`.
+fn request_to(instance: &str, api_key_secret: &str, secret: &str) -> serde_json::Value {
+    json!({"instance": {"name": instance}, "apiKeySecretRef": {"name": api_key_secret}, "secret": {"name": secret}})
+}
+
 fn spec(instance: serde_json::Value) -> serde_json::Value {
     json!({"instance": instance, "apiKeySecretRef": {"name": "ibmcloud-api-key"}})
 }
@@ -23,7 +29,11 @@ async fn requests_by_name_guid_and_crn_become_ready_with_one_key_each() {
     let env = Env::new("by-name-guid-crn").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
     let crn = format!("crn:v1:bluemix:public:logdnaat:us-south:a/{ACCOUNT}:{AT_GUID}::");
-    env.create_request("by-name", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "by-name"}})).await;
+    env.create_request(
+        "by-name",
+        request_to("my-activity-tracker", "ibmcloud-api-key", "by-name"),
+    )
+    .await;
     env.create_request("by-guid", json!({"instance": {"guid": AT_GUID}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "by-guid"}})).await;
     env.create_request("by-crn", json!({"instance": {"crn": crn}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "by-crn"}})).await;
 
@@ -139,7 +149,11 @@ async fn every_failure_reason_is_reported_while_healthy_requests_keep_working() 
     env.api_key_secret("unknown-key", UNKNOWN_KEY).await;
     env.api_key_secret("reader-key", READER_KEY).await;
     env.api_key_secret("viewer-key", VIEWER_KEY).await;
-    env.create_request("healthy", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "healthy"}})).await;
+    env.create_request(
+        "healthy",
+        request_to("my-log-analysis", "ibmcloud-api-key", "healthy"),
+    )
+    .await;
 
     let cases = [
         (
@@ -149,37 +163,37 @@ async fn every_failure_reason_is_reported_while_healthy_requests_keep_working() 
         ),
         (
             "no-api-key-secret",
-            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "missing"}, "secret": {"name": "s1"}}),
+            request_to("my-log-analysis", "missing", "s1"),
             "ApiKeySecretNotFound",
         ),
         (
             "bad-api-key",
-            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "unknown-key"}, "secret": {"name": "s2"}}),
+            request_to("my-log-analysis", "unknown-key", "s2"),
             "ApiKeyInvalid",
         ),
         (
             "viewer",
-            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "viewer-key"}, "secret": {"name": "s3"}}),
+            request_to("my-log-analysis", "viewer-key", "s3"),
             "PermissionDenied",
         ),
         (
             "redacted",
-            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "reader-key"}, "secret": {"name": "s4"}}),
+            request_to("my-log-analysis", "reader-key", "s4"),
             "PermissionDenied",
         ),
         (
             "no-instance",
-            json!({"instance": {"name": "does-not-exist"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s5"}}),
+            request_to("does-not-exist", "ibmcloud-api-key", "s5"),
             "InstanceNotFound",
         ),
         (
             "ambiguous",
-            json!({"instance": {"name": "shared-name"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s6"}}),
+            request_to("shared-name", "ibmcloud-api-key", "s6"),
             "InstanceAmbiguous",
         ),
         (
             "provisioning",
-            json!({"instance": {"name": "still-provisioning"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "s7"}}),
+            request_to("still-provisioning", "ibmcloud-api-key", "s7"),
             "InstanceNotActive",
         ),
         (
@@ -260,9 +274,17 @@ async fn secrets_that_are_not_ours_are_never_touched() {
         "byte-identical: never written"
     );
 
-    env.create_request("first", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "shared"}})).await;
+    env.create_request(
+        "first",
+        request_to("my-activity-tracker", "ibmcloud-api-key", "shared"),
+    )
+    .await;
     env.wait_ready("first").await;
-    env.create_request("second", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "shared"}})).await;
+    env.create_request(
+        "second",
+        request_to("my-activity-tracker", "ibmcloud-api-key", "shared"),
+    )
+    .await;
     let second = env.wait_reason("second", "SecretConflict").await;
     assert!(
         ready_message(&second).contains("first"),
@@ -293,7 +315,11 @@ async fn a_crash_during_key_creation_leaves_exactly_one_key_per_request() {
     });
     let names: Vec<String> = (0..4).map(|i| format!("crash-{i}")).collect();
     for name in &names {
-        env.create_request(name, json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": name}})).await;
+        env.create_request(
+            name,
+            request_to("my-activity-tracker", "ibmcloud-api-key", name),
+        )
+        .await;
     }
     wait_for(
         "keys to exist whose creation replies are still in flight",
@@ -335,9 +361,17 @@ async fn a_crash_during_key_creation_leaves_exactly_one_key_per_request() {
 async fn deletion_follows_the_policy() {
     let env = Env::new("deletion").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
-    env.create_request("delete-me", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "delete-me"}})).await;
+    env.create_request(
+        "delete-me",
+        request_to("my-activity-tracker", "ibmcloud-api-key", "delete-me"),
+    )
+    .await;
     env.create_request("retain-me", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "retain-me"}, "deletionPolicy": "Retain"})).await;
-    env.create_request("never-keyed", json!({"instance": {"name": "does-not-exist"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "never"}})).await;
+    env.create_request(
+        "never-keyed",
+        request_to("does-not-exist", "ibmcloud-api-key", "never"),
+    )
+    .await;
     let delete_me = env.wait_ready("delete-me").await;
     env.wait_ready("retain-me").await;
     env.wait_reason("never-keyed", "InstanceNotFound").await;

@@ -50,8 +50,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(100);
 
 /// Runs `"$@"` in the background with its output appended to `$2`, prints its pid, then polls the
-/// test process (`$1`): once it is gone, the server gets SIGTERM, then SIGKILL after 5 s, and is
-/// reaped.
+/// parent process (`$1`): once it is gone (or the child exited by itself), the child gets SIGTERM,
+/// then SIGKILL after 5 s, and is reaped.
 const WATCHDOG: &str = r#"
 alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
 trap '' INT HUP QUIT
@@ -61,7 +61,7 @@ child=$!
 echo "$child"
 exec >/dev/null 2>&1
 trap 'kill -KILL "$child"; exit 1' TERM
-while alive "$parent"; do sleep 0.2; done
+while alive "$parent" && alive "$child"; do sleep 0.2; done
 kill -TERM "$child"
 i=0
 while [ "$i" -lt 50 ] && alive "$child"; do sleep 0.1; i=$((i+1)); done
@@ -263,34 +263,10 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Starts `cmd` under a [`WATCHDOG`] and records the server's pid.
+    /// Starts `cmd` under a watchdog (see [`spawn_supervised`]) and records the server's pid.
     fn spawn(&mut self, name: &'static str, cmd: Command) -> Result<(), String> {
         let log = self.dir.join(format!("{name}.log"));
-        let mut sh = Command::new("sh");
-        sh.arg("-c")
-            .arg(WATCHDOG)
-            .arg("watchdog")
-            .arg(std::process::id().to_string())
-            .arg(&log)
-            .arg(cmd.get_program())
-            .args(cmd.get_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            // Out of the test's process group: a signal to the group (Ctrl-C, a CI timeout) kills
-            // the test process, and the watchdog then cleans up after it.
-            .process_group(0);
-        let mut child = sh
-            .spawn()
-            .map_err(|e| format!("starting {name} under sh: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the pid of {name}: {e}"))?;
-        let pid = line
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}: the watchdog printed {line:?}, not a pid"))?;
+        let pid = spawn_supervised(name, &cmd, &log)?;
         self.servers.push(Server { name, pid, log });
         Ok(())
     }
@@ -576,6 +552,46 @@ current-context: envtest
             .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
         name
     }
+}
+
+/// Starts `cmd` (program, arguments, environment) under a [`WATCHDOG`] that stops it as soon as
+/// this process is gone, whether it returned, panicked or was killed with SIGKILL, and returns the
+/// pid of the started program. Its output goes to `log`.
+pub fn spawn_supervised(name: &str, cmd: &Command, log: &Path) -> Result<u32, String> {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(WATCHDOG)
+        .arg("watchdog")
+        .arg(std::process::id().to_string())
+        .arg(log)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        // Out of this process group: a signal to the group (Ctrl-C, a CI timeout) ends this
+        // process, and the watchdog then cleans up after it.
+        .process_group(0);
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => sh.env(key, value),
+            None => sh.env_remove(key),
+        };
+    }
+    let mut child = sh
+        .spawn()
+        .map_err(|e| format!("starting {name} under sh: {e}"))?;
+    let mut line = String::new();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| format!("{name}: no stdout pipe"))?;
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the pid of {name}: {e}"))?;
+    line.trim()
+        .parse()
+        .map_err(|_| format!("{name}: the watchdog printed {line:?}, not a pid"))
 }
 
 /// Polls `condition` every 100 ms until it holds; panics with `what` after `timeout`.
