@@ -3,6 +3,7 @@
 //! they grant, checked on the real API server of the harness by impersonating the operator's
 //! ServiceAccount. Finally the operator runs with nothing but that ServiceAccount's token.
 
+mod fixtures;
 mod support;
 
 use std::{
@@ -11,6 +12,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
+    time::Duration,
 };
 
 use serde_json::{Value, json};
@@ -651,6 +653,101 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
         error.contains("ibmCloud.endpoints must be public or private"),
         "{error}"
     );
+}
+
+/// Least privilege must also be enough: the operator binary, authenticated as the chart's
+/// ServiceAccount (its token, not impersonation), serves a request in a watched namespace from
+/// creation to deletion.
+#[tokio::test]
+async fn the_operator_works_with_only_the_rights_the_chart_grants() {
+    let cp = support::control_plane();
+    install_crd(cp);
+    let operator_ns = cp.namespace("chart-run-operator").await;
+    let watched = cp.namespace("chart-run-watched").await;
+    let release = release_name("runs");
+    let manifests = render(
+        &release,
+        &operator_ns,
+        &json!({"watchNamespaces": [watched]}),
+    );
+    apply(cp, &manifests);
+    let objs = objects(&manifests);
+    let sa_name = find(&objs, "ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .expect("ServiceAccount name")
+        .to_owned();
+
+    // The 1.20 token controller gives the ServiceAccount a token Secret.
+    let client = cp.client().await;
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), &operator_ns);
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, &operator_ns);
+    let token = std::sync::Mutex::new(String::new());
+    support::wait_for(
+        "the ServiceAccount's token",
+        Duration::from_secs(60),
+        || async {
+            let Ok(sa) = accounts.get(&sa_name).await else {
+                return false;
+            };
+            let Some(secret_name) = sa
+                .secrets
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|r| r.name)
+            else {
+                return false;
+            };
+            let Ok(secret) = secrets.get(&secret_name).await else {
+                return false;
+            };
+            match secret.data.and_then(|mut d| d.remove("token")) {
+                Some(bytes) => {
+                    *token.lock().unwrap() = String::from_utf8_lossy(&bytes.0).into_owned();
+                    true
+                }
+                None => false,
+            }
+        },
+    )
+    .await;
+    let token = token.into_inner().unwrap();
+    let kubeconfig = cp.kubeconfig_for_token(&release, &token);
+
+    let env = fixtures::Env::in_namespace(watched, &kubeconfig, &[]).await;
+    env.keep_secret(&token);
+    env.api_key_secret("ibmcloud-api-key", fixtures::MANAGER_KEY)
+        .await;
+    env.create_request(
+        "as-service-account",
+        json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}),
+    )
+    .await;
+    env.wait_ready("as-service-account").await;
+    env.secret_value("logdna-agent-key", "logdna-agent-key")
+        .await;
+    assert!(env.has_event("SecretCreated").await, "events are published");
+    env.delete_request("as-service-account").await;
+    let requests = env.requests();
+    support::wait_for(
+        "the request to be released",
+        Duration::from_secs(60),
+        || async {
+            requests
+                .get_opt("as-service-account")
+                .await
+                .unwrap()
+                .is_none()
+        },
+    )
+    .await;
+    assert_eq!(
+        env.active_keys_of("as-service-account"),
+        0,
+        "the key was deleted"
+    );
+    env.finish().await;
 }
 
 // ---------------------------------------------------------------------------------------------
