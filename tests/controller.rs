@@ -116,7 +116,7 @@ async fn requests_by_name_guid_and_crn_become_ready_with_one_key_each() {
 
 #[tokio::test]
 async fn cloud_logs_request_copies_the_keys_api_key() {
-    let env = Env::new("cloud-logs").await;
+    let env = Env::with_operator_args("cloud-logs", &["--log-format", "json"]).await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
     env.create_request(
         "logs-agent",
@@ -138,6 +138,19 @@ async fn cloud_logs_request_copies_the_keys_api_key() {
     assert_eq!(
         env.secret_value("logs-agent", "IAM_API_KEY").await,
         expected
+    );
+    // JSON logs: every line an object; one line per reconcile outcome naming the request.
+    let logs = env.operator.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["name"] == "logs-agent"
+            && l["namespace"] == env.ns.as_str()
+            && l["reason"] == "KeySynced"),
+        "an outcome line for the request"
     );
     env.finish().await;
 }

@@ -37,7 +37,7 @@ pub(super) async fn apply(
     if previous_api_key.as_ref() == Some(&api_key)
         && let Some(wait) = in_sync_for(ctx, request, valid.refresh_interval).await?
     {
-        debug!(%namespace, %name, next_refresh_seconds = wait.as_secs(), "in sync; nothing to do");
+        info!(%namespace, %name, reason = super::reason::KEY_SYNCED, next_refresh_seconds = wait.as_secs(), "in sync; nothing to do");
         return Ok(Action::requeue(wait));
     }
     let secret_name = &request.spec.api_key_secret_ref.name;
