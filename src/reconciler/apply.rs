@@ -8,7 +8,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{Context, ReconcileError, jitter, lock, status};
 use crate::{
