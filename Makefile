@@ -71,3 +71,9 @@ crd-copies:
 ## Tools the tests install on first use: the Helm engine for Python.
 tools:
 	python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet helm-python-sdk
+
+# --- Benchmarks (not part of `make test`: they print figures, they do not pass or fail on time). ---
+.PHONY: bench
+## 200 requests over 2 API keys against the local control plane and simulator (IKO_BENCH_REQUESTS=N).
+bench:
+	assets=$$($(ASSETS_SCRIPT)); export KUBEBUILDER_ASSETS=$$assets; $(CARGO) bench --bench scale
