@@ -125,7 +125,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(truncate(note, MAX_EVENT_NOTE)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -137,6 +137,23 @@ impl Context {
             warn!(namespace = request.namespace().unwrap_or_default(), name = request.name_any(), %error, "could not publish event");
         }
     }
+}
+
+/// The API server refuses event notes over 1 kB.
+const MAX_EVENT_NOTE: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with an ellipsis when cut.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -347,6 +364,17 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_notes_fit_the_api_limit() {
+        assert_eq!(truncate("short".into(), MAX_EVENT_NOTE), "short");
+        let long = truncate("é".repeat(2000), MAX_EVENT_NOTE);
+        assert!(
+            long.len() <= MAX_EVENT_NOTE && long.ends_with('…'),
+            "{}",
+            long.len()
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
