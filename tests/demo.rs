@@ -24,8 +24,12 @@ fn demo_binary() -> PathBuf {
     build
         .args(["build", "--quiet", "--example", "demo"])
         .current_dir(root);
+    // The profile `cargo test` itself built with: then this build is a no-op instead of a
+    // second compilation of the crate with the `dev` profile.
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
+    } else {
+        build.args(["--profile", "test"]);
     }
     let status = build.status().expect("cargo build --example demo");
     assert!(status.success(), "cargo build --example demo failed");
