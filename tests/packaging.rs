@@ -157,6 +157,16 @@ fn apply_crd(cp: &ControlPlane, crd: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Waits until the CRD `crd/<name>` is Established.
+fn wait_established(cp: &ControlPlane, crd: &str) {
+    kubectl(
+        cp,
+        &["wait", "--for=condition=Established", "--timeout=60s", crd],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Installs the CRD from `crds/`, once per test binary (concurrent client-side creates collide).
 fn install_crd(cp: &ControlPlane) {
     static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -165,17 +175,7 @@ fn install_crd(cp: &ControlPlane) {
             cp,
             &std::fs::read_to_string(root().join("crds").join(CRD_FILE)).expect("read the CRD"),
         );
-        kubectl(
-            cp,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/ingestionkeyrequests.keysync.dev",
-            ],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        wait_established(cp, "crd/ingestionkeyrequests.keysync.dev");
     });
 }
 
@@ -523,17 +523,7 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     install_crd(cp);
     // A stand-in for the Prometheus Operator's CRD, so that the ServiceMonitor can be applied.
     apply_crd(cp, SERVICE_MONITOR_CRD);
-    kubectl(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-        ],
-        None,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_established(cp, "crd/servicemonitors.monitoring.coreos.com");
     let ns = cp.namespace("chart-ns-operator").await;
     let watched = [
         cp.namespace("chart-ns-a").await,
@@ -827,17 +817,7 @@ async fn kustomize_base_matches_the_chart_defaults_and_applies() {
         None,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    kubectl(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/ingestionkeyrequests.keysync.dev",
-        ],
-        None,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_established(cp, "crd/ingestionkeyrequests.keysync.dev");
     let ns = cp.namespace("kustomize").await;
     assert_operator_rights(
         cp,
