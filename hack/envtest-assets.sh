@@ -5,7 +5,8 @@
 # Order of preference:
 #   1. $KUBEBUILDER_ASSETS, if it holds usable binaries (the apiserver must carry the reflect2 fix).
 #   2. The cache directory ($IKO_ASSETS_CACHE, default ~/.cache/ingestion-key-operator/envtest-1.20.2).
-#   3. A build from Debian's kubernetes source package (1.20.2) and Debian's etcd-server: about
+#   3. A build from Debian's kubernetes source package (1.20.2) and the etcd binary unpacked from
+#      Debian's etcd-server package (never installed, so no service starts): about
 #      10 minutes on 2 cores the first time, then cached outside the repository.
 set -euo pipefail
 
@@ -52,16 +53,22 @@ if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-s
     sed -n 's/^deb /deb-src /p' /etc/apt/sources.list | $SUDO tee /etc/apt/sources.list.d/iko-deb-src.list >/dev/null
   fi
 fi
-log "installing build prerequisites (golang-go, etcd-server, reflect2 1.0.2 sources)"
+log "installing build prerequisites (golang-go, reflect2 1.0.2 sources)"
 $SUDO apt-get update -qq >&2
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go rsync jq openssl etcd-server golang-github-modern-go-reflect2-dev dpkg-dev >&2
-# Debian starts etcd as a service on install; the tests run their own on free ports.
-$SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
-pkill -x etcd -u etcd 2>/dev/null || true
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go rsync jq openssl golang-github-modern-go-reflect2-dev dpkg-dev >&2
 
 WORK=$CACHE_DIR.build
 mkdir -p "$WORK"
 cd "$WORK"
+# etcd: only the binary is needed, so the package is downloaded and unpacked, never installed
+# (installing it would start Debian's etcd service).
+if [ ! -x etcd-pkg/usr/bin/etcd ]; then
+  log "unpacking etcd from Debian's etcd-server package"
+  rm -rf etcd-pkg etcd-server_*.deb
+  apt-get download etcd-server >&2
+  dpkg-deb -x etcd-server_*.deb etcd-pkg
+fi
+ETCD_BIN=$WORK/etcd-pkg/usr/bin/etcd
 if ! ls kubernetes_*.orig.tar.* >/dev/null 2>&1; then
   log "downloading Debian's kubernetes source package"
   apt-get source --download-only kubernetes >&2
@@ -87,7 +94,7 @@ done
 OUT=$(dirname "$(find _output -type f -name kube-apiserver -path '*bin*' | head -n1)")
 mkdir -p "$CACHE_DIR"
 cp "$OUT/kube-apiserver" "$OUT/kube-controller-manager" "$CACHE_DIR/"
-cp "$(command -v etcd || echo /usr/bin/etcd)" "$CACHE_DIR/etcd"
+cp "$ETCD_BIN" "$CACHE_DIR/etcd"
 usable "$CACHE_DIR" || { log "built apiserver failed the reflect2 check"; exit 1; }
 log "assets ready in $CACHE_DIR after ${SECONDS}s"
 echo "$CACHE_DIR"

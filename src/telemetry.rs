@@ -25,7 +25,9 @@ pub fn init(format: LogFormat) {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    // The reconcile span names the request: `"span": {"namespace", "request"}`.
+                    .with_current_span(true)
+                    .with_span_list(false)
                     .with_writer(std::io::stderr),
             )
             .try_init(),

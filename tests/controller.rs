@@ -139,7 +139,8 @@ async fn cloud_logs_request_copies_the_keys_api_key() {
         env.secret_value("logs-agent", "IAM_API_KEY").await,
         expected
     );
-    // JSON logs: every line an object; one line per reconcile outcome naming the request.
+    // JSON logs: every line an object; one line per reconcile outcome, in the span naming the
+    // request.
     let logs = env.operator.logs();
     let lines: Vec<serde_json::Value> = logs
         .lines()
@@ -147,8 +148,8 @@ async fn cloud_logs_request_copies_the_keys_api_key() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     assert!(
-        lines.iter().any(|l| l["name"] == "logs-agent"
-            && l["namespace"] == env.ns.as_str()
+        lines.iter().any(|l| l["span"]["request"] == "logs-agent"
+            && l["span"]["namespace"] == env.ns.as_str()
             && l["reason"] == "KeySynced"),
         "an outcome line for the request"
     );

@@ -21,8 +21,8 @@ use super::model::{
 use super::retry;
 use super::token::{CachedToken, TokenCache};
 use super::{
-    OP_CREATE_KEY, OP_DELETE_KEY, OP_GET_INSTANCE, OP_GET_KEY, OP_LIST_INSTANCES, OP_LIST_KEYS,
-    OP_TOKEN,
+    OP_CREATE_KEY, OP_DELETE_KEY, OP_FIND_KEYS, OP_GET_INSTANCE, OP_GET_KEY, OP_LIST_INSTANCES,
+    OP_LIST_KEYS, OP_TOKEN,
 };
 use crate::redact::SecretString;
 
@@ -225,6 +225,28 @@ impl IbmCloud {
             url,
         )
         .await
+    }
+
+    /// Active and other keys named exactly `name` on one instance: `GET /v2/resource_keys?name=`
+    /// (the name filter is account-wide, so keys of other instances are dropped here). One call for
+    /// any number of keys on the instance, where listing the instance's keys pages through all.
+    pub async fn find_keys_by_name(
+        &self,
+        api_key: &SecretString,
+        instance_guid: &str,
+        name: &str,
+    ) -> Result<Vec<ResourceKey>, IbmError> {
+        let mut url = self.rc_url(&["v2", "resource_keys"]);
+        url.query_pairs_mut()
+            .append_pair("name", name)
+            .append_pair("limit", PAGE_LIMIT);
+        let keys: Vec<ResourceKey> = self
+            .list_all(api_key, OP_FIND_KEYS, "GET /v2/resource_keys", url)
+            .await?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| k.name == name && k.instance_guid() == Some(instance_guid))
+            .collect())
     }
 
     /// `POST /v2/resource_keys`. Not idempotent: retried only when the request cannot have reached

@@ -1,10 +1,11 @@
 //! IBM Cloud client: IAM (API key -> bearer token) and Resource Controller v2 (instances and
-//! resource keys). Free of Kubernetes types; follows /work/shared/reference/ibm-cloud-api.md.
+//! resource keys). Free of Kubernetes types.
 //!
 //! Secrets (API keys, tokens, credentials) are held in [`SecretString`] or [`Credentials`], whose
 //! `Debug`/`Display` never show values; errors and logs carry operations, statuses and transaction
 //! ids only.
 
+mod api;
 mod client;
 mod endpoints;
 mod error;
@@ -13,6 +14,7 @@ mod retry;
 mod token;
 
 pub use crate::redact::SecretString;
+pub use api::IbmApi;
 pub use client::{ClientConfig, IbmCloud, next_page_url};
 pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};
@@ -27,6 +29,7 @@ pub const OP_TOKEN: &str = "exchange API key for IAM token";
 pub const OP_LIST_INSTANCES: &str = "list resource instances";
 pub const OP_GET_INSTANCE: &str = "get resource instance";
 pub const OP_LIST_KEYS: &str = "list resource keys of instance";
+pub const OP_FIND_KEYS: &str = "find resource keys by name";
 pub const OP_CREATE_KEY: &str = "create resource key";
 pub const OP_GET_KEY: &str = "get resource key";
 pub const OP_DELETE_KEY: &str = "delete resource key";

@@ -1,120 +1,122 @@
 //! The cleanup phase, run under the finalizer when a request is deleted. The Secret needs no
 //! work here: its owner reference lets garbage collection remove it.
 
-use kube::{
-    ResourceExt,
-    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
-};
+use kube::runtime::{controller::Action, events::EventType, reflector::ObjectRef};
 use tracing::info;
 
-use super::{Context, ReconcileError, lock};
+use super::{
+    Context, ReconcileError, event_reason,
+    keys::delete_and_report,
+    lock,
+    plan::{self, CleanupPlan, Recorded},
+};
 use crate::{
-    crd::{DeletionPolicy, IngestionKeyRequest, default_key_name},
+    crd::{DeletionPolicy, IngestionKeyRequest, ResourceKeyStatus, default_key_name},
     ibm::KeyDeletion,
+    redact::SecretString,
 };
 
 pub(super) async fn cleanup(
     request: &IngestionKeyRequest,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
-    let namespace = request.namespace().unwrap_or_default();
-    let name = request.name_any();
     let reference = ObjectRef::from_obj(request);
     let status = request.status.clone().unwrap_or_default();
-
-    if request.spec.deletion_policy == DeletionPolicy::Retain {
-        if let Some(key) = &status.resource_key {
-            let note = format!(
-                "kept resource key {} ({}) in IBM Cloud (deletionPolicy Retain)",
-                key.name, key.guid
-            );
-            ctx.publish(request, EventType::Normal, "ResourceKeyRetained", note)
-                .await;
+    let recorded = Recorded {
+        key: status.resource_key.as_ref(),
+        pending: status.pending_key_creation.as_ref(),
+    };
+    let retain = request.spec.deletion_policy == DeletionPolicy::Retain;
+    let default_name = default_key_name(request);
+    let (recorded_key, search) = match plan::cleanup(&recorded, retain, default_name.as_deref()) {
+        CleanupPlan::Release { retained } => {
+            if let Some(key) = retained {
+                let note = format!(
+                    "kept resource key {} ({}) in IBM Cloud (deletionPolicy Retain)",
+                    key.name, key.guid
+                );
+                let reason = event_reason::RESOURCE_KEY_RETAINED;
+                ctx.publish(request, EventType::Normal, reason, note).await;
+            }
+            lock(&ctx.last_api_keys).remove(&reference);
+            info!(retain, "released; no resource key to delete");
+            return Ok(Action::await_change());
         }
-        lock(&ctx.last_api_keys).remove(&reference);
-        info!(%namespace, %name, "released (deletionPolicy Retain)");
-        return Ok(Action::await_change());
-    }
-    if status.resource_key.is_none() && status.pending_key_creation.is_none() {
-        // Never created a key, never started to: nothing to ask IBM Cloud.
-        lock(&ctx.last_api_keys).remove(&reference);
-        info!(%namespace, %name, "released (no resource key was ever created)");
-        return Ok(Action::await_change());
-    }
-    let key_label = status
-        .resource_key
+        CleanupPlan::Delete { recorded, search } => (recorded, search),
+    };
+    let key_label = recorded_key
         .as_ref()
         .map(|k| k.name.clone())
-        .or_else(|| status.pending_key_creation.as_ref().map(|p| p.name.clone()))
+        .or_else(|| search.as_ref().map(|(_, name)| name.clone()))
         .unwrap_or_default();
     let blocked = |detail: String| ReconcileError::DeletionBlocked {
         key: key_label.clone(),
         detail,
     };
-
-    let api_key = match super::apply::read_api_key(ctx, request).await.ok() {
-        Some(key) => key,
-        None => match lock(&ctx.last_api_keys).get(&reference).cloned() {
-            Some(key) => key,
-            None => {
-                return Err(blocked(format!(
-                    "the API key Secret {:?} is gone and the operator has no copy of the key",
-                    request.spec.api_key_secret_ref.name
-                )));
-            }
-        },
-    };
-
-    let mut deleted = Vec::new();
-    if let Some(key) = &status.resource_key {
-        match ctx.ibm.delete_key(&api_key, &key.guid).await {
-            Ok(KeyDeletion::Deleted) => deleted.push(key.guid.clone()),
-            Ok(KeyDeletion::AlreadyGone) => {}
-            Err(e) => return Err(blocked(e.to_string())),
-        }
-    }
-    // A creation that may have landed without being recorded (crash, timeout): find it by its
-    // name. Only default names are looked up: they carry this request's UID, so a key of that
-    // name cannot be anybody else's.
-    let instance_guid = status
-        .pending_key_creation
-        .as_ref()
-        .map(|p| p.instance_guid.clone())
-        .or_else(|| status.instance.as_ref().map(|i| i.guid.clone()));
-    if let (Some(default_name), Some(instance_guid)) = (default_key_name(request), instance_guid)
-        && request
-            .spec
-            .resource_key
-            .name
-            .as_deref()
-            .is_none_or(str::is_empty)
-    {
-        let keys = ctx
-            .ibm
-            .list_instance_keys(&api_key, &instance_guid)
-            .await
-            .map_err(|e| blocked(e.to_string()))?;
-        let recorded = status.resource_key.as_ref().map(|k| k.guid.as_str());
-        for key in keys.iter().filter(|k| {
-            k.name == default_name && k.is_active() && Some(k.guid.as_str()) != recorded
-        }) {
-            match ctx.ibm.delete_key(&api_key, &key.guid).await {
-                Ok(KeyDeletion::Deleted) => deleted.push(key.guid.clone()),
-                Ok(KeyDeletion::AlreadyGone) => {}
-                Err(e) => return Err(blocked(e.to_string())),
-            }
-        }
-    }
-    for guid in &deleted {
-        ctx.publish(
-            request,
-            EventType::Normal,
-            "ResourceKeyDeleted",
-            format!("deleted resource key {key_label} ({guid}) in IBM Cloud"),
-        )
-        .await;
-    }
+    let api_key = api_key_for_cleanup(ctx, request, &reference)
+        .await
+        .ok_or_else(|| {
+            blocked(format!(
+                "the API key Secret {:?} is gone and the operator has no copy of the key",
+                request.spec.api_key_secret_ref.name
+            ))
+        })?;
+    let deleted = delete_all(ctx, request, &api_key, recorded_key.as_ref(), search)
+        .await
+        .map_err(blocked)?;
     lock(&ctx.last_api_keys).remove(&reference);
-    info!(%namespace, %name, deleted = deleted.len(), "released (resource key deleted)");
+    info!(deleted, "released (resource key deleted)");
     Ok(Action::await_change())
+}
+
+/// The API key from its Secret, else the copy kept in memory from the last apply (namespace
+/// deletion may remove the Secret before the request).
+async fn api_key_for_cleanup(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    reference: &ObjectRef<IngestionKeyRequest>,
+) -> Option<SecretString> {
+    match super::apply::read_api_key(ctx, request).await {
+        Ok(key) => Some(key),
+        Err(_) => lock(&ctx.last_api_keys).get(reference).cloned(),
+    }
+}
+
+/// Deletes the recorded key, then every active key of the searched default name (a creation that
+/// landed without being recorded). Returns how many were deleted, or why it stopped.
+async fn delete_all(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    api_key: &SecretString,
+    recorded: Option<&ResourceKeyStatus>,
+    search: Option<(String, String)>,
+) -> Result<usize, String> {
+    let why = "the request was deleted (deletionPolicy Delete)";
+    let reason = event_reason::RESOURCE_KEY_DELETED;
+    let mut deleted = 0;
+    if let Some(key) = recorded {
+        let outcome = delete_and_report(ctx, request, api_key, &key.guid, &key.name, reason, why)
+            .await
+            .map_err(|e| e.to_string())?;
+        deleted += usize::from(outcome == KeyDeletion::Deleted);
+    }
+    let Some((instance_guid, name)) = search else {
+        return Ok(deleted);
+    };
+    let found = ctx
+        .ibm
+        .find_keys_by_name(api_key, &instance_guid, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let recorded_guid = recorded.map(|k| k.guid.as_str());
+    for key in found
+        .iter()
+        .filter(|k| k.is_active() && Some(k.guid.as_str()) != recorded_guid)
+    {
+        let outcome = delete_and_report(ctx, request, api_key, &key.guid, &key.name, reason, why)
+            .await
+            .map_err(|e| e.to_string())?;
+        deleted += usize::from(outcome == KeyDeletion::Deleted);
+    }
+    Ok(deleted)
 }

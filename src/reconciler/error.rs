@@ -22,6 +22,28 @@ pub mod reason {
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     /// Not a condition reason: a Kubernetes API call failed, so no status could be written either.
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
+
+    /// Reasons retried soon (1 s doubling to 5 min); every other reason is a problem a person must
+    /// fix, retried late (5 min doubling to 1 h) or on the next change.
+    pub fn is_transient(reason: &str) -> bool {
+        matches!(
+            reason,
+            IBM_CLOUD_UNAVAILABLE | INSTANCE_NOT_ACTIVE | DELETION_BLOCKED | KUBERNETES_API_ERROR
+        )
+    }
+}
+
+/// Reasons of the events the operator publishes (besides the failure reasons above, which are
+/// published as Warning events when the Ready condition changes to them).
+pub mod event_reason {
+    pub const SECRET_CREATED: &str = "SecretCreated";
+    pub const SECRET_UPDATED: &str = "SecretUpdated";
+    pub const RESOURCE_KEY_CREATED: &str = "ResourceKeyCreated";
+    pub const RESOURCE_KEY_REUSED: &str = "ResourceKeyReused";
+    pub const RESOURCE_KEY_DELETED: &str = "ResourceKeyDeleted";
+    pub const RESOURCE_KEY_RETAINED: &str = "ResourceKeyRetained";
+    pub const DUPLICATE_RESOURCE_KEY_DELETED: &str = "DuplicateResourceKeyDeleted";
+    pub const RESOURCE_KEY_DELETE_FAILED: &str = "ResourceKeyDeleteFailed";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +151,8 @@ impl ReconcileError {
             Self::CredentialFieldMissing { .. } => CREDENTIAL_FIELD_MISSING,
             Self::SecretConflict { .. } => SECRET_CONFLICT,
             Self::IbmCloudUnavailable { .. } => IBM_CLOUD_UNAVAILABLE,
+            // A 400 is about what was asked (a role the service does not know, a bad name):
+            // the spec must change. Anything else unexpected (404 on a list, 409) may pass.
             Self::IbmRequestRejected { source, .. } if source.kind() == ErrorKind::BadRequest => {
                 INVALID_SPEC
             }
@@ -139,16 +163,10 @@ impl ReconcileError {
     }
 
     /// Transient errors are retried soon with exponential back-off; permanent ones wait long (or
-    /// for a change to the request or its API key Secret).
+    /// for a change to the request or its API key Secret). Derived from the reason alone, so that
+    /// what the condition says ("retrying with back-off") and what the back-off does always agree.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::IbmCloudUnavailable { .. }
-                | Self::Kubernetes { .. }
-                | Self::Unexpected(_)
-                | Self::InstanceNotActive { .. }
-                | Self::DeletionBlocked { .. }
-        )
+        reason::is_transient(self.reason())
     }
 
     /// Maps an IBM Cloud error met while doing `action` to the contract's reasons.
@@ -206,12 +224,43 @@ mod tests {
                 true,
             ),
             (err(ErrorKind::BadRequest, 400), reason::INVALID_SPEC, false),
+            (
+                err(ErrorKind::NotFound, 404),
+                reason::IBM_CLOUD_UNAVAILABLE,
+                true,
+            ),
         ];
         for (error, expected, transient) in cases {
             let mapped = ReconcileError::from_ibm("create resource key", "api-key", error);
             assert_eq!(mapped.reason(), expected, "{mapped}");
             assert_eq!(mapped.is_transient(), transient, "{mapped}");
         }
+    }
+
+    #[test]
+    fn every_reason_has_one_retry_class() {
+        // The same reason never retries both ways: the class is a function of the reason.
+        let unavailable = ReconcileError::from_ibm(
+            "list resource keys",
+            "api-key",
+            IbmError {
+                status: Some(409),
+                ..IbmError::new("x", ErrorKind::BadRequest, "m")
+            },
+        );
+        let rejected = ReconcileError::IbmRequestRejected {
+            action: "x",
+            source: IbmError::new("x", ErrorKind::Gone, "m"),
+        };
+        assert_eq!(unavailable.reason(), reason::INVALID_SPEC);
+        assert!(!unavailable.is_transient());
+        assert_eq!(rejected.reason(), reason::IBM_CLOUD_UNAVAILABLE);
+        assert!(
+            rejected.is_transient(),
+            "reported as IbmCloudUnavailable, so retried with back-off"
+        );
+        assert!(reason::is_transient(reason::DELETION_BLOCKED));
+        assert!(!reason::is_transient(reason::SECRET_CONFLICT));
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! The `IngestionKeyRequest` controller: watches, reconcile, finalizer, back-off.
 //!
 //! Phases of one reconcile (see `apply`): validate -> read the API key Secret -> resolve the
-//! instance -> find or create the resource key -> render the Secret (pure, `crate::render`) ->
-//! apply it -> status. Deletion (see `cleanup`) deletes the key when the policy says so.
+//! instance (`instance`) -> find or create the resource key (`keys`, deciding with the pure
+//! functions of `plan`) -> write the Secret (`secret`, rendered by the pure `crate::render`) ->
+//! status (`status`). Deletion (`cleanup`) deletes the key when the policy says so.
 
 mod apply;
 mod cleanup;
 pub mod error;
+mod instance;
+mod keys;
+pub mod plan;
+mod secret;
 mod status;
 
 use std::{
@@ -33,12 +38,12 @@ use kube::{
         watcher,
     },
 };
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use self::error::{ReconcileError, reason};
+pub use self::error::{ReconcileError, event_reason, reason};
 use crate::{
     crd::{FIELD_MANAGER, FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
-    ibm::{IbmCloud, ResourceInstance},
+    ibm::{IbmApi, ResourceInstance},
     metrics::Metrics,
     redact::SecretString,
 };
@@ -71,7 +76,7 @@ impl Default for Settings {
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
     pub client: Client,
-    pub ibm: IbmCloud,
+    pub ibm: Arc<dyn IbmApi>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
@@ -83,7 +88,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, ibm: IbmCloud, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(
+        client: Client,
+        ibm: impl IbmApi,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -91,7 +101,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            ibm,
+            ibm: Arc::new(ibm),
             metrics,
             settings,
             instances: Mutex::default(),
@@ -134,7 +144,7 @@ impl Context {
             .publish(&event, &request.object_ref(&()))
             .await
         {
-            warn!(namespace = request.namespace().unwrap_or_default(), name = request.name_any(), %error, "could not publish event");
+            warn!(%error, "could not publish event");
         }
     }
 }
@@ -162,15 +172,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// One reconcile: the finalizer decides between apply and cleanup.
-async fn reconcile(
+/// One reconcile: the finalizer decides between apply and cleanup. Runs in a span carrying the
+/// request's namespace and name, so every log line below names the request. Public so that tests
+/// can drive single reconciles against a real API server.
+pub async fn reconcile(
+    request: Arc<IngestionKeyRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let span = info_span!(
+        "reconcile",
+        namespace = %request.namespace().unwrap_or_default(),
+        request = %request.name_any()
+    );
+    reconcile_in_span(request, ctx).instrument(span).await
+}
+
+async fn reconcile_in_span(
     request: Arc<IngestionKeyRequest>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let namespace = request.namespace().unwrap_or_default();
-    let name = request.name_any();
-    let api: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<IngestionKeyRequest> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
     let result = finalizer(&api, FINALIZER, request.clone(), |event| async {
         match event {
             finalizer::Event::Apply(request) => apply::apply(&request, &ctx).await,
@@ -178,7 +201,24 @@ async fn reconcile(
         }
     })
     .await
-    .map_err(|error| match error {
+    .map_err(from_finalizer);
+    if let Err(error) = &result {
+        report_failure(&ctx, &request, error).await;
+    }
+    let failure = result.as_ref().err().map(ReconcileError::reason);
+    ctx.metrics.observe_reconcile(started.elapsed(), failure);
+    match &result {
+        Ok(action) => {
+            lock(&ctx.failures).remove(&ObjectRef::from_obj(&*request));
+            debug!(?action, "reconciled");
+        }
+        Err(error) => warn!(reason = error.reason(), %error, "reconcile failed"),
+    }
+    result
+}
+
+fn from_finalizer(error: finalizer::Error<ReconcileError>) -> ReconcileError {
+    match error {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(source) => ReconcileError::Kubernetes {
             action: "add finalizer",
@@ -189,39 +229,31 @@ async fn reconcile(
             source,
         },
         other => ReconcileError::Unexpected(other.to_string()),
-    });
-    if let Err(error) = &result
-        && !matches!(
-            error,
-            ReconcileError::Kubernetes { .. } | ReconcileError::Unexpected(_)
+    }
+}
+
+/// Says what is wrong where users look: the Ready condition, and a Warning event when the reason
+/// changes. Kubernetes failures are not reported there (the status write would fail as well).
+async fn report_failure(ctx: &Context, request: &IngestionKeyRequest, error: &ReconcileError) {
+    if matches!(
+        error,
+        ReconcileError::Kubernetes { .. } | ReconcileError::Unexpected(_)
+    ) {
+        return;
+    }
+    let transition = status::is_transition(request, error.reason());
+    if let Err(status_error) = status::failed(ctx, request, error).await {
+        warn!(error = %status_error, "could not write failure status");
+    }
+    if transition {
+        ctx.publish(
+            request,
+            EventType::Warning,
+            error.reason(),
+            error.to_string(),
         )
-    {
-        // Say what is wrong where users look: the Ready condition, and an event when it changes.
-        let transition = status::is_transition(&request, error.reason());
-        if let Err(status_error) = status::failed(&ctx, &request, error).await {
-            warn!(%namespace, %name, error = %status_error, "could not write failure status");
-        }
-        if transition {
-            ctx.publish(
-                &request,
-                EventType::Warning,
-                error.reason(),
-                error.to_string(),
-            )
-            .await;
-        }
+        .await;
     }
-    let failure = result.as_ref().err().map(ReconcileError::reason);
-    ctx.metrics.observe_reconcile(started.elapsed(), failure);
-    let key = ObjectRef::from_obj(&*request);
-    match &result {
-        Ok(action) => {
-            lock(&ctx.failures).remove(&key);
-            debug!(%namespace, %name, ?action, "reconciled");
-        }
-        Err(error) => warn!(%namespace, %name, reason = error.reason(), %error, "reconcile failed"),
-    }
-    result
 }
 
 /// Back-off per request: transient errors retry soon and double up to 5 minutes; permanent ones
@@ -292,61 +324,18 @@ pub fn shutdown_on_signals() -> Shutdown {
 }
 
 /// Runs the controller(s) until `shutdown` resolves. `ready` is set once every watch has synced.
+/// One controller per watched namespace (or one for all).
 pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) {
     let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
         vec![None]
     } else {
         ctx.settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let managed_secrets =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let mut stores: Vec<kube::runtime::reflector::Store<IngestionKeyRequest>> = Vec::new();
+    let mut stores = Vec::new();
     let mut controllers = Vec::new();
     for scope in scopes {
-        let client = ctx.client.clone();
-        let (requests, secrets, secret_metadata) = match &scope {
-            None => (
-                Api::all(client.clone()),
-                Api::<Secret>::all(client.clone()),
-                Api::<PartialObjectMeta<Secret>>::all(client),
-            ),
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::<Secret>::namespaced(client.clone(), ns),
-                Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
-            ),
-        };
-        let controller = Controller::new(requests, watcher::Config::default())
-            .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
-        let store = controller.store();
-        stores.push(store.clone());
-        // API key Secrets are watched as metadata only and never cached: each event is mapped to
-        // the requests that reference that Secret, so fixing a missing API key acts at once.
-        let controller = controller
-            .owns(secrets, managed_secrets.clone())
-            .watches(
-                secret_metadata,
-                watcher::Config::default(),
-                move |secret: PartialObjectMeta<Secret>| {
-                    let namespace = secret.namespace();
-                    let name = secret.name_any();
-                    store
-                        .state()
-                        .into_iter()
-                        .filter(|r| {
-                            r.namespace() == namespace && r.spec.api_key_secret_ref.name == name
-                        })
-                        .map(|r| ObjectRef::from_obj(&*r))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    debug!(%error, "controller event");
-                }
-            });
+        let (controller, store) = controller_for(&ctx, scope.as_deref(), shutdown.clone());
+        stores.push(store);
         controllers.push(controller);
     }
     let readiness = async move {
@@ -359,6 +348,67 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
         info!("caches synced; ready");
     };
     tokio::join!(futures::future::join_all(controllers), readiness);
+}
+
+fn api_in<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match scope {
+        None => Api::all(client.clone()),
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+    }
+}
+
+/// The controller of one scope: requests, the Secrets it owns (by label), and the API key Secrets
+/// (metadata only, mapped back to the requests that reference them).
+fn controller_for(
+    ctx: &Arc<Context>,
+    scope: Option<&str>,
+    shutdown: Shutdown,
+) -> (
+    futures::future::BoxFuture<'static, ()>,
+    kube::runtime::reflector::Store<IngestionKeyRequest>,
+) {
+    let managed_secrets =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let controller = Controller::new(
+        api_in::<IngestionKeyRequest>(&ctx.client, scope),
+        watcher::Config::default(),
+    )
+    .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
+    let store = controller.store();
+    let requests = store.clone();
+    // API key Secrets are watched as metadata only and never cached: each event is mapped to
+    // the requests that reference that Secret, so fixing a missing API key acts at once.
+    let referencing = move |secret: PartialObjectMeta<Secret>| {
+        let (namespace, name) = (secret.namespace(), secret.name_any());
+        requests
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace() == namespace && r.spec.api_key_secret_ref.name == name)
+            .map(|r| ObjectRef::from_obj(&*r))
+            .collect::<Vec<_>>()
+    };
+    let running = controller
+        .owns(api_in::<Secret>(&ctx.client, scope), managed_secrets)
+        .watches(
+            api_in::<PartialObjectMeta<Secret>>(&ctx.client, scope),
+            watcher::Config::default(),
+            referencing,
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                // Already logged, with its reason, by `reconcile`.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                Err(error) => warn!(%error, "controller or watch error"),
+            }
+        })
+        .boxed();
+    (running, store)
 }
 
 #[cfg(test)]

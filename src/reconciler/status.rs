@@ -1,5 +1,5 @@
-//! Status writes. Merge patches on the status subresource: each write sets only what it names,
-//! so a failure never erases the recorded instance, key or fingerprint.
+//! Status writes. Merge patches on the status subresource, built from typed structs: each write
+//! sets only what it names, so a failure never erases the recorded instance, key or fingerprint.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -9,18 +9,48 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{Context, ReconcileError, reason};
 use crate::{
-    crd::{IngestionKeyRequest, READY_CONDITION},
+    crd::{
+        IngestionKeyRequest, InstanceStatus, PendingKeyCreation, READY_CONDITION, ResourceKeyStatus,
+    },
     ibm::{ResourceInstance, ResourceKey},
 };
+
+/// The fields of `status` one write sets; `None` leaves a field as it is.
+/// `pending_key_creation: Some(None)` clears it (JSON `null` in a merge patch).
+#[derive(Serialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StatusPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_key: Option<ResourceKeyStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_key_creation: Option<Option<PendingKeyCreation>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+}
+
+#[derive(Serialize, Debug)]
+struct StatusBody<'a> {
+    status: &'a StatusPatch,
+}
 
 async fn patch(
     ctx: &Context,
     request: &IngestionKeyRequest,
-    status: Value,
+    status: &StatusPatch,
     action: &'static str,
 ) -> Result<(), ReconcileError> {
     let namespace = request.namespace().unwrap_or_default();
@@ -28,7 +58,7 @@ async fn patch(
     api.patch_status(
         &request.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &Patch::Merge(StatusBody { status }),
     )
     .await
     .map(|_| ())
@@ -71,13 +101,21 @@ pub(super) fn is_transition(request: &IngestionKeyRequest, reason: &str) -> bool
     previous_ready(request).is_none_or(|c| c.reason != reason)
 }
 
-fn instance_status(instance: &ResourceInstance) -> Value {
-    json!({
-        "guid": instance.guid,
-        "crn": instance.crn,
-        "name": instance.name,
-        "region": instance.region_id.clone().unwrap_or_default(),
-    })
+pub(super) fn instance_status(instance: &ResourceInstance) -> InstanceStatus {
+    InstanceStatus {
+        guid: instance.guid.clone(),
+        crn: instance.crn.clone(),
+        name: instance.name.clone(),
+        region: instance.region_id.clone().unwrap_or_default(),
+    }
+}
+
+pub(super) fn key_status(key: &ResourceKey) -> ResourceKeyStatus {
+    ResourceKeyStatus {
+        guid: key.guid.clone(),
+        crn: key.crn.clone(),
+        name: key.name.clone(),
+    }
 }
 
 /// Records that a key named `name` is about to be created on the instance.
@@ -87,15 +125,29 @@ pub(super) async fn record_pending(
     name: &str,
     instance: &ResourceInstance,
 ) -> Result<(), ReconcileError> {
-    let pending =
-        json!({ "name": name, "instanceGuid": instance.guid, "startedAt": Time(Timestamp::now()) });
-    patch(
-        ctx,
-        request,
-        json!({ "pendingKeyCreation": pending, "instance": instance_status(instance) }),
-        "record pending key creation",
-    )
-    .await
+    let pending = PendingKeyCreation {
+        name: name.to_owned(),
+        instance_guid: instance.guid.clone(),
+        started_at: Time(Timestamp::now()),
+    };
+    let status = StatusPatch {
+        pending_key_creation: Some(Some(pending)),
+        instance: Some(instance_status(instance)),
+        ..StatusPatch::default()
+    };
+    patch(ctx, request, &status, "record pending key creation").await
+}
+
+/// Clears a pending creation that IBM Cloud definitely refused (no key was made).
+pub(super) async fn clear_pending(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<(), ReconcileError> {
+    let status = StatusPatch {
+        pending_key_creation: Some(None),
+        ..StatusPatch::default()
+    };
+    patch(ctx, request, &status, "clear pending key creation").await
 }
 
 /// Records the key the request owns (before anything else is done with it).
@@ -105,14 +157,13 @@ pub(super) async fn record_key(
     instance: &ResourceInstance,
     key: &ResourceKey,
 ) -> Result<(), ReconcileError> {
-    let key_status = json!({ "guid": key.guid, "crn": key.crn, "name": key.name });
-    patch(
-        ctx,
-        request,
-        json!({ "resourceKey": key_status, "instance": instance_status(instance), "pendingKeyCreation": null }),
-        "record resource key in status",
-    )
-    .await
+    let status = StatusPatch {
+        resource_key: Some(key_status(key)),
+        instance: Some(instance_status(instance)),
+        pending_key_creation: Some(None),
+        ..StatusPatch::default()
+    };
+    patch(ctx, request, &status, "record resource key in status").await
 }
 
 /// Ready=True: the Secret holds the current credential.
@@ -123,21 +174,21 @@ pub(super) async fn synced(
     fingerprint: &str,
     message: String,
 ) -> Result<(), ReconcileError> {
-    let condition = ready_condition(request, true, reason::KEY_SYNCED, message);
-    patch(
-        ctx,
-        request,
-        json!({
-            "observedGeneration": request.metadata.generation,
-            "conditions": [condition],
-            "instance": instance_status(instance),
-            "secretName": request.spec.secret.name,
-            "keyFingerprint": fingerprint,
-            "lastSyncTime": Time(Timestamp::now()),
-        }),
-        "write Ready status",
-    )
-    .await
+    let status = StatusPatch {
+        observed_generation: request.metadata.generation,
+        conditions: Some(vec![ready_condition(
+            request,
+            true,
+            reason::KEY_SYNCED,
+            message,
+        )]),
+        instance: Some(instance_status(instance)),
+        secret_name: Some(request.spec.secret.name.clone()),
+        key_fingerprint: Some(fingerprint.to_owned()),
+        last_sync_time: Some(Time(Timestamp::now())),
+        ..StatusPatch::default()
+    };
+    patch(ctx, request, &status, "write Ready status").await
 }
 
 /// Ready=False with the error's reason and message; everything else recorded stays. Nothing is
@@ -158,14 +209,17 @@ pub(super) async fn failed(
     if unchanged {
         return Ok(());
     }
-    let condition = ready_condition(request, false, error.reason(), message);
-    patch(
-        ctx,
-        request,
-        json!({ "observedGeneration": request.metadata.generation, "conditions": [condition] }),
-        "write failure status",
-    )
-    .await
+    let status = StatusPatch {
+        observed_generation: request.metadata.generation,
+        conditions: Some(vec![ready_condition(
+            request,
+            false,
+            error.reason(),
+            message,
+        )]),
+        ..StatusPatch::default()
+    };
+    patch(ctx, request, &status, "write failure status").await
 }
 
 /// The message without IBM Cloud transaction ids, which differ on every attempt.
@@ -184,7 +238,22 @@ fn without_transaction_ids(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::without_transaction_ids;
+    use super::{StatusPatch, without_transaction_ids};
+
+    #[test]
+    fn a_status_patch_sets_only_what_it_names_and_clears_with_null() {
+        let untouched = serde_json::to_value(StatusPatch::default()).expect("serializes");
+        assert_eq!(untouched, serde_json::json!({}));
+        let clear = StatusPatch {
+            pending_key_creation: Some(None),
+            secret_name: Some("s".into()),
+            ..StatusPatch::default()
+        };
+        assert_eq!(
+            serde_json::to_value(clear).expect("serializes"),
+            serde_json::json!({"pendingKeyCreation": null, "secretName": "s"})
+        );
+    }
 
     #[test]
     fn transaction_ids_are_ignored_when_comparing_messages() {

@@ -1,0 +1,235 @@
+//! The request's resource key in IBM Cloud: looked up, reused, created or deleted as the pure
+//! decisions of `plan` say. Only this module (and cleanup, through [`delete_and_report`]) changes
+//! keys.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::EventType;
+use tracing::{debug, info, warn};
+
+use super::{
+    Context, ReconcileError, event_reason,
+    plan::{self, Found, KeyPlan, Lookup, Recorded, Wanted},
+    status,
+};
+use crate::{
+    crd::{DeletionPolicy, IngestionKeyRequest, ResourceKeyStatus, default_key_name},
+    ibm::{CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey},
+    redact::SecretString,
+};
+
+/// The key to use, and the one it replaces (to delete once the Secret holds the new one).
+pub(super) enum KeyLookup {
+    Found {
+        key: Box<ResourceKey>,
+        replaced: Option<ResourceKeyStatus>,
+    },
+    /// A creation recorded in status may still complete in IBM Cloud: wait this long, then look
+    /// again before creating.
+    CreationInFlight(Duration),
+}
+
+/// What a key operation needs besides the request: the API key and, for messages, the name of
+/// the Secret holding it.
+pub(super) struct Access<'a> {
+    pub api_key: &'a SecretString,
+    pub secret_name: &'a str,
+}
+
+/// Finds the request's key, or creates it. Never creates while an earlier creation may still
+/// land, and deletes duplicates of a default-named key (which only this request can have made).
+pub(super) async fn ensure_key(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    access: &Access<'_>,
+    instance: &ResourceInstance,
+    key_name: &str,
+) -> Result<KeyLookup, ReconcileError> {
+    let status = request.status.clone().unwrap_or_default();
+    let recorded = Recorded {
+        key: status.resource_key.as_ref(),
+        pending: status.pending_key_creation.as_ref(),
+    };
+    let wanted = Wanted {
+        instance_guid: &instance.guid,
+        key_name,
+        default_name: default_key_name(request).as_deref() == Some(key_name),
+    };
+    let found = look_up(ctx, access, &plan::lookup(&recorded, &wanted), &wanted).await?;
+    let grace = ctx.settings.key_creation_grace;
+    let key = match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
+        KeyPlan::Wait(wait) => return Ok(KeyLookup::CreationInFlight(wait)),
+        KeyPlan::Create => create(ctx, request, access, instance, key_name).await?,
+        KeyPlan::Use {
+            key,
+            record,
+            duplicates,
+            others,
+        } => {
+            if others > 0 {
+                warn!(
+                    count = others + 1,
+                    key_name,
+                    "several active resource keys carry the configured name; using the oldest"
+                );
+            }
+            for duplicate in &duplicates {
+                let why = format!("a duplicate of {} ({})", key.name, key.guid);
+                let reason = event_reason::DUPLICATE_RESOURCE_KEY_DELETED;
+                let _ = delete_and_report(
+                    ctx,
+                    request,
+                    access.api_key,
+                    &duplicate.guid,
+                    &duplicate.name,
+                    reason,
+                    &why,
+                )
+                .await;
+            }
+            if record {
+                status::record_key(ctx, request, instance, &key).await?;
+                let note = format!(
+                    "reusing resource key {} ({}) on instance {}",
+                    key.name, key.guid, instance.name
+                );
+                ctx.publish(
+                    request,
+                    EventType::Normal,
+                    event_reason::RESOURCE_KEY_REUSED,
+                    note,
+                )
+                .await;
+            }
+            *key
+        }
+    };
+    let replaced = plan::replaced(&recorded, &key.guid).cloned();
+    Ok(KeyLookup::Found {
+        key: Box::new(key),
+        replaced,
+    })
+}
+
+/// Carries out a [`Lookup`]: at most one call (a key read, or one filtered listing).
+async fn look_up(
+    ctx: &Context,
+    access: &Access<'_>,
+    lookup: &Lookup,
+    wanted: &Wanted<'_>,
+) -> Result<Found, ReconcileError> {
+    let failed = |action, e| ReconcileError::from_ibm(action, access.secret_name, e);
+    match lookup {
+        Lookup::Nothing => Ok(Found::Nothing),
+        Lookup::ByName => ctx
+            .ibm
+            .find_keys_by_name(access.api_key, wanted.instance_guid, wanted.key_name)
+            .await
+            .map(Found::ByName)
+            .map_err(|e| failed("find resource keys by name", e)),
+        Lookup::Recorded(guid) => match ctx.ibm.get_key(access.api_key, guid).await {
+            Ok(key) => Ok(Found::Recorded(Some(Box::new(key)))),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Gone) => {
+                Ok(Found::Recorded(None))
+            }
+            Err(e) => Err(failed("read resource key", e)),
+        },
+    }
+}
+
+/// Creates the key, recorded as pending first so that a crash or a lost reply cannot lead to a
+/// second one. A definite refusal (a 4xx answer) made no key: the pending record goes at once.
+async fn create(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    access: &Access<'_>,
+    instance: &ResourceInstance,
+    key_name: &str,
+) -> Result<ResourceKey, ReconcileError> {
+    status::record_pending(ctx, request, key_name, instance).await?;
+    let create = CreateKeyRequest {
+        name: key_name.to_owned(),
+        source: instance.guid.clone(),
+        role: request.spec.resource_key.role.clone(),
+    };
+    let key = match ctx.ibm.create_key(access.api_key, &create).await {
+        Ok(key) => key,
+        Err(error) => {
+            if is_definite_refusal(&error) {
+                status::clear_pending(ctx, request).await?;
+            }
+            return Err(ReconcileError::from_ibm(
+                "create resource key",
+                access.secret_name,
+                error,
+            ));
+        }
+    };
+    status::record_key(ctx, request, instance, &key).await?;
+    let note = format!(
+        "created resource key {} ({}) with role {} on instance {}",
+        key.name, key.guid, create.role, instance.name
+    );
+    ctx.publish(
+        request,
+        EventType::Normal,
+        event_reason::RESOURCE_KEY_CREATED,
+        note,
+    )
+    .await;
+    info!(key = %key.guid, "created resource key");
+    Ok(key)
+}
+
+/// IBM Cloud answered with a 4xx other than 429: the request was refused, no key exists.
+fn is_definite_refusal(error: &IbmError) -> bool {
+    matches!(error.status, Some(400..=499)) && error.kind() != ErrorKind::RateLimited
+}
+
+/// Deletes the key the request used before, once the Secret holds its replacement (unless the
+/// policy is Retain). A failure is logged and reported as an event.
+pub(super) async fn retire_replaced(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    api_key: &SecretString,
+    replaced: Option<&ResourceKeyStatus>,
+    current: &ResourceKey,
+) {
+    let Some(old) = replaced else { return };
+    if request.spec.deletion_policy == DeletionPolicy::Retain {
+        return;
+    }
+    let why = format!("replaced by {} ({})", current.name, current.guid);
+    let reason = event_reason::RESOURCE_KEY_DELETED;
+    let _ = delete_and_report(ctx, request, api_key, &old.guid, &old.name, reason, &why).await;
+}
+
+/// The one place a key is deleted: the outcome is logged, a deletion is published as an event
+/// with `reason` naming this key, and a failure as a Warning event.
+pub(super) async fn delete_and_report(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    api_key: &SecretString,
+    guid: &str,
+    name: &str,
+    reason: &str,
+    why: &str,
+) -> Result<KeyDeletion, IbmError> {
+    let outcome = ctx.ibm.delete_key(api_key, guid).await;
+    match &outcome {
+        Ok(KeyDeletion::Deleted) => {
+            info!(key = %guid, key_name = %name, why, "deleted resource key");
+            let note = format!("deleted resource key {name} ({guid}): {why}");
+            ctx.publish(request, EventType::Normal, reason, note).await;
+        }
+        Ok(KeyDeletion::AlreadyGone) => debug!(key = %guid, "resource key already gone"),
+        Err(error) => {
+            warn!(key = %guid, key_name = %name, %error, "could not delete resource key");
+            let note = format!("could not delete resource key {name} ({guid}), {why}: {error}");
+            let failed = event_reason::RESOURCE_KEY_DELETE_FAILED;
+            ctx.publish(request, EventType::Warning, failed, note).await;
+        }
+    }
+    outcome
+}

@@ -1,0 +1,601 @@
+//! The middle tier: the reconcile logic called directly, in the test process, against the real
+//! API server of the harness and the IBM Cloud simulator over HTTP. One behaviour per test, each in
+//! a few seconds: a logic bug fails here, by name, rather than as an end-to-end timeout.
+//!
+//! IBM Cloud is reached through the `IbmApi` seam, wrapped where a test needs to break one step
+//! (a lost creation reply) or watch one (what the Secret held when a key was deleted).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ingestion_key_operator::simulator::{Seed, Simulator};
+use ingestion_key_operator::{
+    crd::{IngestionKeyRequest, READY_CONDITION},
+    ibm::{
+        ClientConfig, CreateKeyRequest, Endpoints, ErrorKind, IbmApi, IbmCloud, IbmError,
+        InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey,
+    },
+    metrics::Metrics,
+    reconciler::{Context, ReconcileError, Settings, reason, reconcile},
+    redact::SecretString,
+};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client, CustomResourceExt, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+
+const MANAGER_KEY: &str = "test-apikey-manager-7f3a9c";
+const AT_GUID: &str = "8d7af921-b136-4078-9666-081bd8470d94";
+const LA_GUID: &str = "5e0e7c3a-6c34-4f57-9a55-2f6a1e1b0c11";
+const SEED: &str = r#"
+accounts:
+  - id: 4329073d16d2f3663f74bfa955259139
+    api_keys:
+      - { key: test-apikey-manager-7f3a9c, platform_role: Editor, service_role: Manager }
+    instances:
+      - { name: my-activity-tracker, guid: 8d7af921-b136-4078-9666-081bd8470d94, service: logdnaat, region: us-south }
+      - { name: my-log-analysis, guid: 5e0e7c3a-6c34-4f57-9a55-2f6a1e1b0c11, service: logdna, region: eu-de }
+"#;
+
+/// Endpoint templates of the simulator's call counters.
+const CREATE: &str = "POST /v2/resource_keys";
+const FIND_BY_NAME: &str = "GET /v2/resource_keys";
+const GET_KEY: &str = "GET /v2/resource_keys/{id}";
+
+/// What a test may break or watch in the IBM Cloud calls.
+#[derive(Default)]
+struct Hooks {
+    /// The next creation reaches IBM Cloud but its reply is lost (a timeout).
+    lose_next_create_reply: bool,
+    /// For each deletion: the credential value the agents' Secret held at that moment.
+    secret_at_delete: Vec<Option<String>>,
+}
+
+/// The real client, with [`Hooks`].
+struct Wrapped {
+    inner: IbmCloud,
+    hooks: Arc<Mutex<Hooks>>,
+    secrets: Api<Secret>,
+}
+
+impl IbmApi for Wrapped {
+    fn find_instances_by_name<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        query: &'a InstanceQuery,
+    ) -> BoxFuture<'a, Result<Vec<ResourceInstance>, IbmError>> {
+        Box::pin(self.inner.find_instances_by_name(api_key, query))
+    }
+
+    fn get_instance<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<ResourceInstance, IbmError>> {
+        Box::pin(self.inner.get_instance(api_key, id))
+    }
+
+    fn find_keys_by_name<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        instance_guid: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ResourceKey>, IbmError>> {
+        Box::pin(self.inner.find_keys_by_name(api_key, instance_guid, name))
+    }
+
+    fn create_key<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        request: &'a CreateKeyRequest,
+    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>> {
+        Box::pin(async move {
+            let result = self.inner.create_key(api_key, request).await;
+            let lose = std::mem::take(&mut self.hooks.lock().unwrap().lose_next_create_reply);
+            if lose && result.is_ok() {
+                return Err(IbmError::new(
+                    "create resource key",
+                    ErrorKind::Timeout,
+                    "reply lost (test)",
+                ));
+            }
+            result
+        })
+    }
+
+    fn get_key<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>> {
+        Box::pin(self.inner.get_key(api_key, id))
+    }
+
+    fn delete_key<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<KeyDeletion, IbmError>> {
+        Box::pin(async move {
+            let held = self
+                .secrets
+                .get_opt("logdna-agent-key")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| secret_value(&s));
+            self.hooks.lock().unwrap().secret_at_delete.push(held);
+            self.inner.delete_key(api_key, id).await
+        })
+    }
+}
+
+struct Harness {
+    client: Client,
+    ns: String,
+    sim: Simulator,
+    ibm: IbmCloud,
+    hooks: Arc<Mutex<Hooks>>,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    async fn new(prefix: &str) -> Harness {
+        Self::with_grace(prefix, Duration::from_secs(60)).await
+    }
+
+    async fn with_grace(prefix: &str, key_creation_grace: Duration) -> Harness {
+        let cp = support::control_plane();
+        cp.install_crd(IngestionKeyRequest::crd()).await;
+        let ns = cp.namespace(prefix).await;
+        let client = cp.client().await;
+        let seed = Seed::from_yaml(SEED).expect("seed");
+        let sim = Simulator::start("127.0.0.1:0".parse().unwrap(), seed)
+            .await
+            .expect("simulator");
+        let endpoints = Endpoints::new(&sim.base_url(), &sim.base_url()).unwrap();
+        let ibm = IbmCloud::new(endpoints, ClientConfig::default()).unwrap();
+        let hooks = Arc::new(Mutex::new(Hooks::default()));
+        let settings = Settings {
+            namespaces: vec![ns.clone()],
+            key_creation_grace,
+            ..Settings::default()
+        };
+        let wrapped = Wrapped {
+            inner: ibm.clone(),
+            hooks: hooks.clone(),
+            secrets: Api::namespaced(client.clone(), &ns),
+        };
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            wrapped,
+            Arc::new(Metrics::default()),
+            settings,
+        ));
+        let h = Harness {
+            client,
+            ns,
+            sim,
+            ibm,
+            hooks,
+            ctx,
+        };
+        h.api_key_secret().await;
+        h
+    }
+
+    /// A context with no memory of earlier reconciles (as after a restart of the operator).
+    fn restart(&mut self) {
+        let settings = self.ctx.settings.clone();
+        let wrapped = Wrapped {
+            inner: self.ibm.clone(),
+            hooks: self.hooks.clone(),
+            secrets: Api::namespaced(self.client.clone(), &self.ns),
+        };
+        self.ctx = Arc::new(Context::new(
+            self.client.clone(),
+            wrapped,
+            Arc::new(Metrics::default()),
+            settings,
+        ));
+    }
+
+    fn requests(&self) -> Api<IngestionKeyRequest> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn api_key_secret(&self) {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ibmcloud-api-key"},
+            "stringData": {"apikey": MANAGER_KEY},
+        }))
+        .unwrap();
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create API key Secret");
+    }
+
+    /// Creates a request and runs the first reconcile (which only adds the finalizer).
+    async fn create(&self, name: &str, spec: serde_json::Value) {
+        let request: IngestionKeyRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("request JSON");
+        self.requests()
+            .create(&PostParams::default(), &request)
+            .await
+            .expect("create request");
+        self.reconcile(name).await.expect("finalizer added");
+    }
+
+    async fn reconcile(&self, name: &str) -> Result<Action, ReconcileError> {
+        let request = self.requests().get(name).await.expect("read request");
+        reconcile(Arc::new(request), self.ctx.clone()).await
+    }
+
+    async fn get(&self, name: &str) -> IngestionKeyRequest {
+        self.requests().get(name).await.expect("read request")
+    }
+
+    async fn secret_value(&self) -> Option<String> {
+        let secret = self.secrets().get_opt("logdna-agent-key").await.unwrap()?;
+        secret_value(&secret)
+    }
+
+    /// (guid, state) of the simulator's keys named `name`.
+    fn keys_named(&self, name: &str) -> Vec<(String, String)> {
+        self.sim
+            .keys()
+            .into_iter()
+            .filter(|k| k.name == name)
+            .map(|k| (k.guid, k.state))
+            .collect()
+    }
+
+    fn active_keys_named(&self, name: &str) -> usize {
+        self.keys_named(name)
+            .iter()
+            .filter(|(_, s)| s == "active")
+            .count()
+    }
+
+    async fn credential_of(&self, key_guid: &str) -> String {
+        let key = self
+            .ibm
+            .get_key(&SecretString::new(MANAGER_KEY), key_guid)
+            .await
+            .expect("get key");
+        key.credentials
+            .field("ingestion_key")
+            .expect("ingestion key")
+            .expose()
+            .to_owned()
+    }
+}
+
+fn secret_value(secret: &Secret) -> Option<String> {
+    let ByteString(bytes) = secret.data.as_ref()?.get("logdna-agent-key")?;
+    String::from_utf8(bytes.clone()).ok()
+}
+
+fn ready_reason(request: &IngestionKeyRequest) -> Option<String> {
+    let status = request.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY_CONDITION)?;
+    Some(ready.reason.clone())
+}
+
+fn key_name(request: &IngestionKeyRequest) -> String {
+    request
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_key.as_ref())
+        .map(|k| k.name.clone())
+        .expect("a key is recorded")
+}
+
+fn key_guid(request: &IngestionKeyRequest) -> String {
+    request
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_key.as_ref())
+        .map(|k| k.guid.clone())
+        .expect("a key is recorded")
+}
+
+fn spec_on(instance_guid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "instance": {"guid": instance_guid},
+        "apiKeySecretRef": {"name": "ibmcloud-api-key"},
+    })
+}
+
+#[tokio::test]
+async fn a_new_request_creates_one_key_without_looking_anything_up() {
+    let h = Harness::new("rec-new").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.sim.reset_calls();
+    h.reconcile("at").await.expect("apply");
+    let request = h.get("at").await;
+    assert_eq!(ready_reason(&request).as_deref(), Some(reason::KEY_SYNCED));
+    assert_eq!(h.sim.call_count(CREATE), 1);
+    assert_eq!(
+        h.sim.call_count(FIND_BY_NAME),
+        0,
+        "no key of a never-created default name can exist: nothing to look up"
+    );
+    let guid = key_guid(&request);
+    assert_eq!(
+        h.secret_value().await.as_deref(),
+        Some(h.credential_of(&guid).await.as_str())
+    );
+    assert!(request.status.unwrap().pending_key_creation.is_none());
+}
+
+#[tokio::test]
+async fn a_refresh_reads_the_recorded_key_and_creates_nothing() {
+    let mut h = Harness::new("rec-refresh").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.reconcile("at").await.expect("apply");
+    h.restart(); // no memory: the full sync runs
+    h.sim.reset_calls();
+    h.reconcile("at").await.expect("refresh");
+    assert_eq!(h.sim.call_count(GET_KEY), 1);
+    assert_eq!(h.sim.call_count(CREATE), 0);
+    assert_eq!(h.sim.call_count(FIND_BY_NAME), 0);
+    assert_eq!(
+        ready_reason(&h.get("at").await).as_deref(),
+        Some(reason::KEY_SYNCED)
+    );
+}
+
+#[tokio::test]
+async fn a_lost_creation_reply_is_found_by_name_not_created_twice() {
+    let h = Harness::with_grace("rec-lost", Duration::ZERO).await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.hooks.lock().unwrap().lose_next_create_reply = true;
+    let error = h.reconcile("at").await.expect_err("the reply was lost");
+    assert_eq!(error.reason(), reason::IBM_CLOUD_UNAVAILABLE);
+    let pending = h.get("at").await.status.unwrap().pending_key_creation;
+    let pending = pending.expect("the creation stays recorded as pending");
+    assert_eq!(h.active_keys_named(&pending.name), 1, "the key did land");
+
+    h.reconcile("at").await.expect("apply after the lost reply");
+    let request = h.get("at").await;
+    assert_eq!(ready_reason(&request).as_deref(), Some(reason::KEY_SYNCED));
+    assert_eq!(
+        h.active_keys_named(&pending.name),
+        1,
+        "the landed key is reused"
+    );
+    assert_eq!(key_name(&request), pending.name);
+    assert!(request.status.unwrap().pending_key_creation.is_none());
+}
+
+#[tokio::test]
+async fn a_pending_creation_within_its_grace_is_waited_for() {
+    let h = Harness::with_grace("rec-grace", Duration::from_secs(60)).await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.hooks.lock().unwrap().lose_next_create_reply = true;
+    h.reconcile("at").await.expect_err("the reply was lost");
+    // The key landed, but a lookup right now must see it; hide it to play a slow IBM Cloud.
+    let pending = h
+        .get("at")
+        .await
+        .status
+        .unwrap()
+        .pending_key_creation
+        .unwrap();
+    let (guid, _) = h.keys_named(&pending.name).remove(0);
+    h.ibm
+        .delete_key(&SecretString::new(MANAGER_KEY), &guid)
+        .await
+        .unwrap();
+    h.sim.reset_calls();
+    let action = h.reconcile("at").await.expect("waits");
+    assert_eq!(
+        h.sim.call_count(CREATE),
+        0,
+        "never created within the grace"
+    );
+    assert_ne!(
+        action,
+        Action::await_change(),
+        "it comes back to look again"
+    );
+    let status = h.get("at").await.status.unwrap();
+    assert_eq!(status.pending_key_creation, Some(pending));
+}
+
+#[tokio::test]
+async fn a_refused_creation_clears_its_pending_record() {
+    let h = Harness::new("rec-refused").await;
+    let mut spec = spec_on(AT_GUID);
+    spec["resourceKey"] = serde_json::json!({"role": "NoSuchRole"});
+    h.create("at", spec).await;
+    let error = h.reconcile("at").await.expect_err("IBM refuses the role");
+    assert_eq!(error.reason(), reason::INVALID_SPEC);
+    let status = h.get("at").await.status.unwrap();
+    assert!(
+        status.pending_key_creation.is_none(),
+        "a 400 made no key: nothing to wait for once the spec is fixed"
+    );
+}
+
+#[tokio::test]
+async fn a_vanished_key_is_replaced_in_the_same_secret() {
+    let mut h = Harness::new("rec-vanished").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.reconcile("at").await.expect("apply");
+    let before = h.get("at").await;
+    let uid = h.secrets().get("logdna-agent-key").await.unwrap().uid();
+    h.ibm
+        .delete_key(&SecretString::new(MANAGER_KEY), &key_guid(&before))
+        .await
+        .unwrap();
+    h.restart();
+    h.reconcile("at").await.expect("replace");
+    let after = h.get("at").await;
+    assert_ne!(key_guid(&after), key_guid(&before));
+    assert_eq!(h.active_keys_named(&key_name(&after)), 1);
+    assert_eq!(
+        h.secrets().get("logdna-agent-key").await.unwrap().uid(),
+        uid,
+        "updated in place, never re-created"
+    );
+}
+
+#[tokio::test]
+async fn a_move_deletes_the_old_key_only_once_the_secret_holds_the_new_one() {
+    let h = Harness::new("rec-move").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.reconcile("at").await.expect("apply");
+    let old = h.get("at").await;
+    let old_value = h.secret_value().await.unwrap();
+    h.requests()
+        .patch(
+            "at",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"instance": {"guid": LA_GUID}}})),
+        )
+        .await
+        .unwrap();
+    h.reconcile("at").await.expect("move");
+    let new = h.get("at").await;
+    let new_value = h.secret_value().await.unwrap();
+    assert_ne!(new_value, old_value, "the other instance has its own key");
+    assert_eq!(new_value, h.credential_of(&key_guid(&new)).await);
+    let states = h.keys_named(&key_name(&old));
+    let old_state = states.iter().find(|(g, _)| *g == key_guid(&old)).unwrap();
+    assert_eq!(old_state.1, "removed", "the key used before is deleted");
+    let at_delete = h.hooks.lock().unwrap().secret_at_delete.clone();
+    assert_eq!(
+        at_delete,
+        vec![Some(new_value)],
+        "when the old key was deleted, the Secret already held the new one"
+    );
+}
+
+#[tokio::test]
+async fn duplicates_of_the_default_name_are_deleted_keeping_one() {
+    let h = Harness::with_grace("rec-dupes", Duration::ZERO).await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.hooks.lock().unwrap().lose_next_create_reply = true;
+    h.reconcile("at").await.expect_err("the reply was lost");
+    let pending = h
+        .get("at")
+        .await
+        .status
+        .unwrap()
+        .pending_key_creation
+        .unwrap();
+    // A second creation of the same name landed too (a retry whose reply was also lost).
+    let create = CreateKeyRequest {
+        name: pending.name.clone(),
+        source: AT_GUID.into(),
+        role: "Manager".into(),
+    };
+    h.ibm
+        .create_key(&SecretString::new(MANAGER_KEY), &create)
+        .await
+        .unwrap();
+    assert_eq!(h.active_keys_named(&pending.name), 2);
+    h.reconcile("at").await.expect("apply");
+    assert_eq!(h.active_keys_named(&pending.name), 1);
+    let kept = key_guid(&h.get("at").await);
+    let first = h.keys_named(&pending.name)[0].0.clone();
+    assert_eq!(kept, first, "the first creation is the one kept");
+}
+
+#[tokio::test]
+async fn a_custom_named_key_that_exists_is_reused() {
+    let h = Harness::new("rec-custom").await;
+    let create = CreateKeyRequest {
+        name: "team-key".into(),
+        source: AT_GUID.into(),
+        role: "Manager".into(),
+    };
+    let existing = h
+        .ibm
+        .create_key(&SecretString::new(MANAGER_KEY), &create)
+        .await
+        .unwrap();
+    let mut spec = spec_on(AT_GUID);
+    spec["resourceKey"] = serde_json::json!({"name": "team-key"});
+    h.create("at", spec).await;
+    h.sim.reset_calls();
+    h.reconcile("at").await.expect("apply");
+    assert_eq!(h.sim.call_count(CREATE), 0);
+    assert_eq!(key_guid(&h.get("at").await), existing.guid);
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_never_overwritten() {
+    let h = Harness::new("rec-foreign").await;
+    let foreign: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "logdna-agent-key"},
+        "stringData": {"logdna-agent-key": "someone-elses-value"},
+    }))
+    .unwrap();
+    h.secrets()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    h.create("at", spec_on(AT_GUID)).await;
+    let error = h.reconcile("at").await.expect_err("conflict");
+    assert_eq!(error.reason(), reason::SECRET_CONFLICT);
+    assert_eq!(
+        h.secret_value().await.as_deref(),
+        Some("someone-elses-value")
+    );
+}
+
+#[tokio::test]
+async fn deletion_deletes_the_key_and_releases_the_request() {
+    let h = Harness::new("rec-delete").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.reconcile("at").await.expect("apply");
+    let request = h.get("at").await;
+    h.requests()
+        .delete("at", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.reconcile("at").await.expect("cleanup");
+    assert_eq!(h.active_keys_named(&key_name(&request)), 0);
+    assert!(
+        h.requests().get_opt("at").await.unwrap().is_none(),
+        "the finalizer is removed, so the request is gone"
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_retain_keeps_the_key() {
+    let h = Harness::new("rec-retain").await;
+    let mut spec = spec_on(AT_GUID);
+    spec["deletionPolicy"] = "Retain".into();
+    h.create("at", spec).await;
+    h.reconcile("at").await.expect("apply");
+    let request = h.get("at").await;
+    h.requests()
+        .delete("at", &DeleteParams::default())
+        .await
+        .unwrap();
+    h.sim.reset_calls();
+    h.reconcile("at").await.expect("cleanup");
+    assert_eq!(h.active_keys_named(&key_name(&request)), 1);
+    assert!(h.sim.calls().values().all(|n| *n == 0) || h.sim.calls().is_empty());
+    assert!(h.requests().get_opt("at").await.unwrap().is_none());
+}
