@@ -1,6 +1,6 @@
 //! Scale benchmark: N requests sharing 2 API keys, against the real API server and the simulator.
 //! Prints figures (time to all Ready, IBM calls, token exchanges, reconcile latency, operator
-//! memory); asserts nothing about time, only the contract's "one token per API key".
+//! memory); asserts nothing about time, only the promise of "one token exchange per API key" (README).
 //!
 //! `make bench` (or `cargo bench --bench scale`); `IKO_BENCH_REQUESTS` sets N (default 200).
 

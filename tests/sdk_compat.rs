@@ -1,6 +1,6 @@
-//! Compatibility: the verbatim IBM SDK / documentation bodies from the reference
-//! (/work/shared/reference/ibm-cloud-api.md §1.2, §1.3, §2.7, §2.8) parse into the client's types
-//! and through its error parser.
+//! Compatibility: verbatim bodies from IBM's SDK test fixtures and documentation (each named
+//! below: IAM token success and error, Resource Controller errors, list/create/pager mocks)
+//! parse into the client's types and through its error parser.
 
 use ingestion_key_operator::ibm::{
     CredentialError, Crn, Endpoints, ErrorKind, IbmError, ResourceInstance, ResourceKey,
@@ -9,7 +9,7 @@ use ingestion_key_operator::ibm::{
 use reqwest::Url;
 use reqwest::header::HeaderMap;
 
-/// §1.2, python-sdk-core `test/test_iam_token_manager.py` success fixture.
+/// python-sdk-core `test/test_iam_token_manager.py` success fixture.
 const IAM_TOKEN_PYTHON: &str = r####"{
         "access_token": "oAeisG8yqPY7sFR_x66Z15",
         "token_type": "Bearer",
@@ -17,7 +17,7 @@ const IAM_TOKEN_PYTHON: &str = r####"{
         "expiration": 1524167011,
         "refresh_token": "jy4gl91BQ"
     }"####;
-/// §1.3, python-sdk-core `test_request_token_unsuccessful` (served with HTTP 400).
+/// python-sdk-core `test_request_token_unsuccessful` (served with HTTP 400).
 const IAM_ERROR_400: &str = r####"{
         "context": {
             "requestId": "38a0e9c226d94764820d92aa623eb0f6",
@@ -36,22 +36,22 @@ const IAM_ERROR_400: &str = r####"{
         "errorCode": "BXNIM0415E",
         "errorMessage": "Provided API key could not be found"
     }"####;
-/// §2.7, ibm-cloud-docs/sell broker error example.
+/// ibm-cloud-docs/sell broker error example.
 const RC_BROKER_ERROR: &str = r####"{
    "error_code": "RC-ServiceBrokerErrorResponse",
    "message": "Service Broker returned error status code 403",
    "status_code": 400,
    "transaction_id": "7e0090047662faf2670ae36ffbe02011"
 }"####;
-/// §2.8 (a) ListResourceInstances mock.
+/// ListResourceInstances mock.
 const LIST_INSTANCES_A: &str = r####"{"rows_count": 9, "next_url": "NextURL", "resources": [{"id": "ID", "guid": "GUID", "url": "URL", "created_at": "2019-01-01T12:00:00.000Z", "updated_at": "2019-01-01T12:00:00.000Z", "deleted_at": "2019-01-01T12:00:00.000Z", "created_by": "CreatedBy", "updated_by": "UpdatedBy", "deleted_by": "DeletedBy", "scheduled_reclaim_at": "2019-01-01T12:00:00.000Z", "restored_at": "2019-01-01T12:00:00.000Z", "restored_by": "RestoredBy", "scheduled_reclaim_by": "ScheduledReclaimBy", "name": "Name", "region_id": "RegionID", "account_id": "AccountID", "reseller_channel_id": "ResellerChannelID", "resource_plan_id": "ResourcePlanID", "resource_group_id": "ResourceGroupID", "resource_group_crn": "ResourceGroupCRN", "target_crn": "TargetCRN", "onetime_credentials": true, "parameters": {"anyKey": "anyValue"}, "allow_cleanup": true, "crn": "CRN", "state": "active", "type": "Type", "sub_type": "SubType", "resource_id": "ResourceID", "dashboard_url": "DashboardURL", "last_operation": {"type": "Type", "state": "in progress", "sub_type": "SubType", "async": false, "description": "Description", "reason_code": "ReasonCode", "poll_after": 9, "cancelable": true, "poll": true}, "resource_aliases_url": "ResourceAliasesURL", "resource_bindings_url": "ResourceBindingsURL", "resource_keys_url": "ResourceKeysURL", "plan_history": [{"resource_plan_id": "ResourcePlanID", "start_date": "2019-01-01T12:00:00.000Z", "requestor_id": "RequestorID"}], "migrated": true, "extensions": {"anyKey": "anyValue"}, "controlled_by": "ControlledBy", "locked": true}]}"####;
-/// §2.8 (b) CreateResourceKey mock (HTTP 201).
+/// CreateResourceKey mock (HTTP 201).
 const CREATE_KEY_B: &str = r####"{"id": "ID", "guid": "GUID", "url": "URL", "created_at": "2019-01-01T12:00:00.000Z", "updated_at": "2019-01-01T12:00:00.000Z", "deleted_at": "2019-01-01T12:00:00.000Z", "created_by": "CreatedBy", "updated_by": "UpdatedBy", "deleted_by": "DeletedBy", "source_crn": "SourceCRN", "name": "Name", "crn": "CRN", "state": "State", "account_id": "AccountID", "resource_group_id": "ResourceGroupID", "resource_id": "ResourceID", "onetime_credentials": true, "credentials": {"REDACTED": "REDACTED", "apikey": "Apikey", "iam_apikey_description": "IamApikeyDescription", "iam_apikey_name": "IamApikeyName", "iam_role_crn": "IamRoleCRN", "iam_serviceid_crn": "IamServiceidCRN"}, "iam_compatible": false, "migrated": true, "resource_instance_url": "ResourceInstanceURL", "resource_alias_url": "ResourceAliasURL"}"####;
-/// §2.8 (c) ListResourceKeys mock.
+/// ListResourceKeys mock.
 const LIST_KEYS_C: &str = r####"{"rows_count": 9, "next_url": "NextURL", "resources": [{"id": "ID", "guid": "GUID", "url": "URL", "created_at": "2019-01-01T12:00:00.000Z", "updated_at": "2019-01-01T12:00:00.000Z", "deleted_at": "2019-01-01T12:00:00.000Z", "created_by": "CreatedBy", "updated_by": "UpdatedBy", "deleted_by": "DeletedBy", "source_crn": "SourceCRN", "name": "Name", "crn": "CRN", "state": "State", "account_id": "AccountID", "resource_group_id": "ResourceGroupID", "resource_id": "ResourceID", "onetime_credentials": true, "credentials": {"REDACTED": "REDACTED", "apikey": "Apikey", "iam_apikey_description": "IamApikeyDescription", "iam_apikey_name": "IamApikeyName", "iam_role_crn": "IamRoleCRN", "iam_serviceid_crn": "IamServiceidCRN"}, "iam_compatible": false, "migrated": true, "resource_instance_url": "ResourceInstanceURL", "resource_alias_url": "ResourceAliasURL"}]}"####;
-/// §2.8 (d) ResourceKeysPager page 1 with an absolute next_url.
+/// ResourceKeysPager page 1 with an absolute next_url.
 const PAGER_KEYS_D: &str = r####"{"total_count":2,"limit":1,"next_url":"https://myhost.com/somePath?start=1","resources":[{"id":"ID","guid":"GUID","url":"URL","created_at":"2019-01-01T12:00:00.000Z","updated_at":"2019-01-01T12:00:00.000Z","deleted_at":"2019-01-01T12:00:00.000Z","created_by":"CreatedBy","updated_by":"UpdatedBy","deleted_by":"DeletedBy","source_crn":"SourceCRN","name":"Name","crn":"CRN","state":"State","account_id":"AccountID","resource_group_id":"ResourceGroupID","resource_id":"ResourceID","onetime_credentials":true,"credentials":{"REDACTED":"REDACTED","apikey":"Apikey","iam_apikey_description":"IamApikeyDescription","iam_apikey_name":"IamApikeyName","iam_role_crn":"IamRoleCRN","iam_serviceid_crn":"IamServiceidCRN"},"iam_compatible":false,"migrated":true,"resource_instance_url":"ResourceInstanceURL","resource_alias_url":"ResourceAliasURL"}]}"####;
-/// §2.8 (e) realistic COS resource key from the older official OpenAPI.
+/// realistic COS resource key from the older official OpenAPI.
 const COS_KEY_E: &str = r####"{
   "id": "crn:v1:bluemix:public:cloud-object-storage:global:a/4329073d16d2f3663f74bfa955259139:8d7af921-b136-4078-9666-081bd8470d94:resource-key:23693f48-aaa2-4079-b0c7-334846eff8d0",
   "guid": "23693f48-aaa2-4079-b0c7-334846eff8d0",
@@ -84,9 +84,9 @@ const COS_KEY_E: &str = r####"{
   "resource_alias_url": null
 }"####;
 
-/// §2.7 (illustrative, quoted in third-party code).
+/// (illustrative, quoted in third-party code).
 const RC_TOKEN_EXPIRED: &str = r#"{"error_code":"RC-IamErrorResponse","message":"Token is expired","status_code":401,"transaction_id":"bss-b454461a71ee474d"}"#;
-/// §1.3: the general Identity Services error envelope.
+/// the general Identity Services error envelope.
 const IDENTITY_ENVELOPE: &str = r#"{"trace": "trace-1234", "errors": [{"code": "invalid_access_token", "message": "The access token is invalid"}], "status_code": 401}"#;
 
 #[test]

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::redact::SecretString;
 
-/// The IAM grant for API keys (reference §1.1).
+/// The IAM grant for API keys (`POST /identity/token`, as IBM's SDK cores send it).
 const GRANT_TYPE_APIKEY: &str = "urn:ibm:params:oauth:grant-type:apikey";
 /// Page size requested from the Resource Controller (the documented maximum).
 const PAGE_LIMIT: &str = "100";

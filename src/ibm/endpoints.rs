@@ -1,4 +1,4 @@
-//! Base URLs of IAM and the Resource Controller (reference §1.1, §1.5, §2.1).
+//! Base URLs of IAM and the Resource Controller: public global endpoints, private ones for VPC and classic infrastructure.
 
 use std::net::IpAddr;
 
@@ -39,7 +39,7 @@ impl Endpoints {
         )
     }
 
-    /// Private endpoints for VPC infrastructure (reference §1.5, §2.1).
+    /// Private endpoints for VPC infrastructure (`private.iam.cloud.ibm.com`, `private.resource-controller.cloud.ibm.com`).
     pub fn private() -> Self {
         Self::known(
             "https://private.iam.cloud.ibm.com",

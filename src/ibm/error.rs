@@ -1,5 +1,5 @@
 //! Errors of the IBM Cloud client: one type for IAM and Resource Controller failures, parsed from
-//! every body shape IBM Cloud is known to return (reference §1.3, §2.7) and from non-JSON bodies.
+//! every body shape IBM Cloud is known to return (IAM's `errorCode`/`errorMessage`, the Resource Controller's `error_code`/`message`, `errors[0]`) and from non-JSON bodies.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Resource Controller and IAM wire types (reference §1.2, §2.2-§2.5). Only the fields the operator
+//! Resource Controller and IAM wire types, as IBM's SDKs (platform-services-go-sdk `resourcecontrollerv2`, go-sdk-core) model them. Only the fields the operator
 //! needs are typed; unknown fields are ignored so newer API versions keep parsing.
 
 use std::fmt;
@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::redact::SecretString;
 
 /// One page of a Resource Controller list (`ResourceInstancesList` / `ResourceKeysList`).
-/// `rows_count` is optional because the SDK pager fixtures omit it (reference §2.8 (d)).
+/// `rows_count` is optional because the SDK pager fixtures omit it (platform-services-go-sdk's ResourceKeysPager test pages).
 #[derive(Clone, Debug, Deserialize)]
 pub struct ResourceList<T> {
     #[serde(default)]
@@ -54,7 +54,7 @@ impl InstanceQuery {
     }
 }
 
-/// A service instance (`ResourceInstance`, reference §2.3).
+/// A service instance (`ResourceInstance` of the Resource Controller v2 API).
 #[derive(Clone, Debug, Deserialize)]
 pub struct ResourceInstance {
     /// Equals the CRN.
@@ -102,7 +102,7 @@ impl ResourceInstance {
     }
 }
 
-/// A resource key (service credential, reference §2.5).
+/// A resource key (service credential, `ResourceKey` of the Resource Controller v2 API).
 #[derive(Clone, Debug, Deserialize)]
 pub struct ResourceKey {
     /// Equals the CRN.
@@ -183,7 +183,7 @@ pub enum CredentialError {
     NotAString(String),
 }
 
-/// Marker key and values IBM uses when the caller may not see credentials (reference §2.5).
+/// Marker key and values IBM uses when the caller may not see credentials (credentials whose role is above the caller's come back as `REDACTED`).
 const REDACTED: &str = "REDACTED";
 
 impl Credentials {
@@ -251,7 +251,7 @@ pub enum KeyDeletion {
     AlreadyGone,
 }
 
-/// IAM token response (reference §1.2). The access token is a secret.
+/// IAM token response (`POST /identity/token`). The access token is a secret.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TokenResponse {
     pub access_token: SecretString,

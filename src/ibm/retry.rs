@@ -1,5 +1,5 @@
 //! Back-off between retries: exponential with jitter, or the server's own hint (`Retry-After`,
-//! `X-RateLimit-Reset`), always capped (reference §5).
+//! `X-RateLimit-Reset`), always capped (IBM documents `X-RateLimit-Reset` as epoch seconds).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,4 +1,4 @@
-//! Per-API-key IAM token cache with single-flight exchange (reference §1.4).
+//! Per-API-key IAM token cache with single-flight exchange: refreshed past 80% of the token's lifetime, as IBM's SDK cores do.
 //!
 //! Entries are keyed by the SHA-256 of the API key, never the key. Each entry has its own async
 //! mutex: the first caller that finds no usable token performs the exchange while holding it, and

@@ -1,12 +1,12 @@
 //! Reconcile errors: each is named for what failed, carries its context, and maps to one stable
-//! condition reason of the contract. Messages never contain key material.
+//! stable condition reason (listed in docs/reference.md). Messages never contain key material.
 
 use crate::{
     crd::SpecError,
     ibm::{ErrorKind, IbmError},
 };
 
-/// Stable `Ready=False` reasons (the contract's list).
+/// Stable `Ready=False` reasons (docs/reference.md lists them).
 pub mod reason {
     pub const KEY_SYNCED: &str = "KeySynced";
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -169,7 +169,7 @@ impl ReconcileError {
         reason::is_transient(self.reason())
     }
 
-    /// Maps an IBM Cloud error met while doing `action` to the contract's reasons.
+    /// Maps an IBM Cloud error met while doing `action` to the stable reasons.
     pub fn from_ibm(action: &'static str, secret: &str, error: IbmError) -> Self {
         if error.is_transient() {
             return Self::IbmCloudUnavailable { source: error };
