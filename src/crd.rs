@@ -326,103 +326,125 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 }
 
 /// Checks what the CRD's schema and CEL rules check (older API servers skip CEL), plus what no
-/// schema can express, and derives the key name.
+/// schema can express, and derives the key name. Every problem is reported, not just the first.
 pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
     let spec = &request.spec;
-    let instance = &spec.instance;
+    let mut problems = Vec::new();
+    let instance = instance_selector(&spec.instance, &mut problems);
+    check_secrets(spec, &mut problems);
+    if spec.resource_key.role.trim().is_empty() {
+        problems.push("spec.resourceKey.role must not be empty".into());
+    }
+    if spec.resource_key.credential_field.trim().is_empty() {
+        problems.push("spec.resourceKey.credentialField must not be empty".into());
+    }
+    let refresh_interval = parse_duration(&spec.refresh_interval);
+    match refresh_interval {
+        None => problems.push(format!(
+            "spec.refreshInterval {:?} is not a duration like 30s, 15m or 1h",
+            spec.refresh_interval
+        )),
+        Some(interval) if interval < MIN_REFRESH_INTERVAL => problems.push(format!(
+            "spec.refreshInterval must be at least {}s",
+            MIN_REFRESH_INTERVAL.as_secs()
+        )),
+        Some(_) => {}
+    }
+    let key_name = match non_empty(&spec.resource_key.name) {
+        Some(name) if !is_valid_key_name(&name) => {
+            problems.push(format!(
+                "spec.resourceKey.name {name:?} breaks IBM's rule: at most 180 characters, letters, digits, space and - . _ :"
+            ));
+            None
+        }
+        Some(name) => Some(name),
+        None => default_key_name(request),
+    };
+    match (instance, refresh_interval, key_name) {
+        (Some(instance), Some(refresh_interval), Some(key_name)) if problems.is_empty() => {
+            Ok(ValidSpec {
+                instance,
+                refresh_interval,
+                key_name,
+            })
+        }
+        (_, _, None) if problems.is_empty() => Err(SpecError(
+            "the request has no namespace, name or uid yet".into(),
+        )),
+        _ => Err(SpecError(problems.join("; "))),
+    }
+}
+
+/// Exactly one of name, GUID or CRN.
+fn instance_selector(
+    instance: &InstanceRef,
+    problems: &mut Vec<String>,
+) -> Option<InstanceSelector> {
     let selectors = [
         non_empty(&instance.name),
         non_empty(&instance.guid),
         non_empty(&instance.crn),
     ];
-    let instance_selector = match selectors {
-        [Some(name), None, None] => InstanceSelector::Name {
+    match selectors {
+        [Some(name), None, None] => Some(InstanceSelector::Name {
             name,
             resource_group_id: non_empty(&instance.resource_group_id),
             region: non_empty(&instance.region),
             service_name: non_empty(&instance.service_name),
-        },
-        [None, Some(guid), None] => InstanceSelector::Guid(guid),
-        [None, None, Some(crn)] => {
-            if !crn.starts_with("crn:") || crn.split(':').count() < 8 {
-                return Err(SpecError(format!(
-                    "spec.instance.crn {crn:?} is not a CRN (crn:v1:...:...)"
-                )));
-            }
-            InstanceSelector::Crn(crn)
+        }),
+        [None, Some(guid), None] => Some(InstanceSelector::Guid(guid)),
+        [None, None, Some(crn)] if !crn.starts_with("crn:") || crn.split(':').count() < 8 => {
+            problems.push(format!(
+                "spec.instance.crn {crn:?} is not a CRN (crn:v1:...:...)"
+            ));
+            None
         }
+        [None, None, Some(crn)] => Some(InstanceSelector::Crn(crn)),
         _ => {
-            return Err(SpecError(
+            problems.push(
                 "set exactly one of spec.instance.name, spec.instance.guid, spec.instance.crn"
                     .into(),
-            ));
+            );
+            None
         }
-    };
+    }
+}
+
+/// The API key Secret reference and the agents' Secret.
+fn check_secrets(spec: &IngestionKeyRequestSpec, problems: &mut Vec<String>) {
     if spec.api_key_secret_ref.name.trim().is_empty() {
-        return Err(SpecError(
-            "spec.apiKeySecretRef.name must name a Secret in this namespace".into(),
-        ));
+        problems.push("spec.apiKeySecretRef.name must name a Secret in this namespace".into());
     }
     if !is_secret_data_key(&spec.api_key_secret_ref.key) {
-        return Err(SpecError(format!(
+        problems.push(format!(
             "spec.apiKeySecretRef.key {:?} is not a valid Secret key",
             spec.api_key_secret_ref.key
-        )));
+        ));
     }
     if !is_dns_subdomain(&spec.secret.name) {
-        return Err(SpecError(format!(
+        problems.push(format!(
             "spec.secret.name {:?} is not a valid Secret name",
             spec.secret.name
-        )));
+        ));
+    }
+    if spec.secret.name == spec.api_key_secret_ref.name {
+        // Writing the key there would overwrite the API key; the operator never takes that Secret.
+        problems.push(format!(
+            "spec.secret.name {:?} is the API key Secret (spec.apiKeySecretRef.name): choose another name for the agents' Secret",
+            spec.secret.name
+        ));
     }
     if !is_secret_data_key(&spec.secret.key) {
-        return Err(SpecError(format!(
+        problems.push(format!(
             "spec.secret.key {:?} is not a valid Secret key",
             spec.secret.key
-        )));
-    }
-    if spec.resource_key.role.trim().is_empty() {
-        return Err(SpecError("spec.resourceKey.role must not be empty".into()));
-    }
-    if spec.resource_key.credential_field.trim().is_empty() {
-        return Err(SpecError(
-            "spec.resourceKey.credentialField must not be empty".into(),
         ));
     }
     if spec.secret.labels.contains_key(MANAGED_BY_LABEL) {
-        return Err(SpecError(format!(
+        problems.push(format!(
             "spec.secret.labels must not set {MANAGED_BY_LABEL}: the operator owns it"
-        )));
+        ));
     }
-    let refresh_interval = parse_duration(&spec.refresh_interval).ok_or_else(|| {
-        SpecError(format!(
-            "spec.refreshInterval {:?} is not a duration like 30s, 15m or 1h",
-            spec.refresh_interval
-        ))
-    })?;
-    if refresh_interval < MIN_REFRESH_INTERVAL {
-        return Err(SpecError(format!(
-            "spec.refreshInterval must be at least {}s",
-            MIN_REFRESH_INTERVAL.as_secs()
-        )));
-    }
-    let key_name = match non_empty(&spec.resource_key.name) {
-        Some(name) => {
-            if !is_valid_key_name(&name) {
-                return Err(SpecError(format!(
-                    "spec.resourceKey.name {name:?} breaks IBM's rule: at most 180 characters, letters, digits, space and - . _ :"
-                )));
-            }
-            name
-        }
-        None => default_key_name(request)
-            .ok_or_else(|| SpecError("the request has no namespace, name or uid yet".into()))?,
-    };
-    Ok(ValidSpec {
-        instance: instance_selector,
-        refresh_interval,
-        key_name,
-    })
 }
 
 /// IBM's rule for resource key names: at most 180 characters; letters, digits, space, - . _ :
@@ -574,6 +596,29 @@ mod tests {
                 "{extra} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let r = request(
+            "instance: {}\napiKeySecretRef: {name: k}\nrefreshInterval: soon\nsecret: {key: 'a b'}\n",
+        );
+        let err = validate(&r).unwrap_err().0;
+        for expected in ["exactly one", "refreshInterval", "spec.secret.key"] {
+            assert!(err.contains(expected), "{expected} missing in: {err}");
+        }
+    }
+
+    #[test]
+    fn the_api_key_secret_is_never_the_agents_secret() {
+        let r =
+            request("instance: {name: a}\napiKeySecretRef: {name: creds}\nsecret: {name: creds}\n");
+        let err = validate(&r).unwrap_err().0;
+        assert!(err.contains("is the API key Secret"), "{err}");
+        assert!(
+            !err.contains("delete"),
+            "never advise deleting the API key Secret: {err}"
+        );
     }
 
     #[test]

@@ -433,6 +433,21 @@ async fn a_refused_creation_clears_its_pending_record() {
         status.pending_key_creation.is_none(),
         "a 400 made no key: nothing to wait for once the spec is fixed"
     );
+    h.requests()
+        .patch(
+            "at",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"resourceKey": {"role": "Manager"}}})),
+        )
+        .await
+        .unwrap();
+    h.reconcile("at")
+        .await
+        .expect("the fixed spec applies at once");
+    assert_eq!(
+        ready_reason(&h.get("at").await).as_deref(),
+        Some(reason::KEY_SYNCED)
+    );
 }
 
 #[tokio::test]
@@ -555,8 +570,14 @@ async fn a_foreign_secret_is_never_overwritten() {
         .await
         .unwrap();
     h.create("at", spec_on(AT_GUID)).await;
+    h.sim.reset_calls();
     let error = h.reconcile("at").await.expect_err("conflict");
     assert_eq!(error.reason(), reason::SECRET_CONFLICT);
+    assert_eq!(
+        h.sim.call_count(CREATE),
+        0,
+        "the conflict is found before a key is minted"
+    );
     assert_eq!(
         h.secret_value().await.as_deref(),
         Some("someone-elses-value")
@@ -598,4 +619,121 @@ async fn deletion_with_retain_keeps_the_key() {
     assert_eq!(h.active_keys_named(&key_name(&request)), 1);
     assert!(h.sim.calls().values().all(|n| *n == 0) || h.sim.calls().is_empty());
     assert!(h.requests().get_opt("at").await.unwrap().is_none());
+}
+
+async fn events(h: &Harness, reason: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), &h.ns);
+    api.list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+async fn move_to(h: &Harness, name: &str, instance_guid: &str) {
+    h.requests()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"instance": {"guid": instance_guid}}})),
+        )
+        .await
+        .unwrap();
+    h.reconcile(name).await.expect("move");
+}
+
+#[tokio::test]
+async fn every_event_tells_what_happened_then() {
+    let h = Harness::new("rec-events").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.reconcile("at").await.expect("apply");
+    let first = key_guid(&h.get("at").await);
+    move_to(&h, "at", LA_GUID).await;
+    let second = key_guid(&h.get("at").await);
+    move_to(&h, "at", AT_GUID).await;
+    let third = key_guid(&h.get("at").await);
+    let created = events(&h, "ResourceKeyCreated").await;
+    for guid in [&first, &second, &third] {
+        assert_eq!(
+            created.iter().filter(|n| n.contains(guid.as_str())).count(),
+            1,
+            "one creation event names {guid}: {created:?}"
+        );
+    }
+    let deleted = events(&h, "ResourceKeyDeleted").await;
+    for guid in [&first, &second] {
+        assert!(
+            deleted.iter().any(|n| n.contains(guid.as_str())),
+            "a deletion event names {guid}: {deleted:?}"
+        );
+    }
+    let value = h.secret_value().await.unwrap();
+    let fingerprint = h.get("at").await.status.unwrap().key_fingerprint.unwrap();
+    let updated = events(&h, "SecretUpdated").await;
+    assert!(
+        updated.last().is_some_and(|n| n.contains(&fingerprint)),
+        "the latest update names the fingerprint the Secret holds: {updated:?}"
+    );
+    assert!(updated.iter().all(|n| !n.contains(&value)));
+}
+
+#[tokio::test]
+async fn the_api_key_secret_is_never_the_target_and_no_key_is_minted() {
+    let h = Harness::new("rec-self").await;
+    let mut spec = spec_on(AT_GUID);
+    spec["secret"] = serde_json::json!({"name": "ibmcloud-api-key"});
+    h.create("at", spec).await;
+    h.sim.reset_calls();
+    let error = h.reconcile("at").await.expect_err("invalid");
+    assert_eq!(error.reason(), reason::INVALID_SPEC);
+    assert!(!error.to_string().contains("delete"), "{error}");
+    assert_eq!(h.sim.call_count(CREATE), 0);
+    let api_key = h.secrets().get("ibmcloud-api-key").await.unwrap();
+    assert!(
+        api_key.data.unwrap().contains_key("apikey"),
+        "the API key is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_api_key_field_names_the_keys_the_secret_has() {
+    let h = Harness::new("rec-field").await;
+    let mut spec = spec_on(AT_GUID);
+    spec["apiKeySecretRef"]["key"] = "api_key".into();
+    h.create("at", spec).await;
+    let error = h.reconcile("at").await.expect_err("no such key");
+    assert_eq!(error.reason(), reason::API_KEY_SECRET_NOT_FOUND);
+    let message = error.to_string();
+    assert!(message.contains("keys present: apikey"), "{message}");
+    assert!(!message.contains(MANAGER_KEY), "names only, never values");
+}
+
+#[tokio::test]
+async fn an_instance_that_no_longer_resolves_is_not_shown() {
+    let h = Harness::new("rec-stale").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.reconcile("at").await.expect("apply");
+    assert!(h.get("at").await.status.unwrap().instance.is_some());
+    h.requests()
+        .patch(
+            "at",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"spec": {"instance": {"guid": null, "name": "does-not-exist"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let error = h.reconcile("at").await.expect_err("not found");
+    assert_eq!(error.reason(), reason::INSTANCE_NOT_FOUND);
+    let status = h.get("at").await.status.unwrap();
+    assert!(
+        status.instance.is_none(),
+        "INSTANCE must not show the previous instance: {:?}",
+        status.instance
+    );
+    assert!(status.resource_key.is_some(), "what deletion needs stays");
 }

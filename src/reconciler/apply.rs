@@ -48,6 +48,7 @@ pub(super) async fn apply(
         secret_name: &request.spec.api_key_secret_ref.name,
     };
     let instance = instance::resolve(ctx, &api_key, &valid.instance, access.secret_name).await?;
+    let existing_secret = secret::target(ctx, request).await?;
     let (key, replaced) = match keys::ensure_key(ctx, request, &access, &instance, &valid.key_name)
         .await?
     {
@@ -62,7 +63,7 @@ pub(super) async fn apply(
     };
     let credential = credential_of(request, &key)?;
     let fingerprint = credential.fingerprint();
-    let outcome = secret::sync(ctx, request, &credential).await?;
+    let outcome = secret::sync(ctx, request, existing_secret, &credential).await?;
     report_secret(ctx, request, outcome, &key, &fingerprint).await;
     // Only now that the Secret holds the new key may the one it replaces go.
     keys::retire_replaced(ctx, request, &api_key, replaced.as_ref(), &key).await;
@@ -210,10 +211,9 @@ pub(super) async fn read_api_key(
             key: reference.key.clone(),
         });
     };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&reference.key))
+    let data = secret.data.unwrap_or_default();
+    let value = data
+        .get(&reference.key)
         .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
         .map(str::trim) // `kubectl create secret --from-file` keeps the file's trailing newline
         .filter(|value| !value.is_empty());
@@ -222,5 +222,6 @@ pub(super) async fn read_api_key(
         .ok_or_else(|| ReconcileError::ApiKeyMissingInSecret {
             name: reference.name.clone(),
             key: reference.key.clone(),
+            present: data.keys().cloned().collect(),
         })
 }

@@ -39,6 +39,7 @@ pub(super) async fn cleanup(
                 ctx.publish(request, EventType::Normal, reason, note).await;
             }
             lock(&ctx.last_api_keys).remove(&reference);
+            ctx.forget_events(request);
             info!(retain, "released; no resource key to delete");
             return Ok(Action::await_change());
         }
@@ -65,6 +66,7 @@ pub(super) async fn cleanup(
         .await
         .map_err(blocked)?;
     lock(&ctx.last_api_keys).remove(&reference);
+    ctx.forget_events(request);
     info!(deleted, "released (resource key deleted)");
     Ok(Action::await_change())
 }

@@ -57,9 +57,15 @@ pub enum ReconcileError {
     ApiKeySecretNotFound { name: String, key: String },
 
     #[error(
-        "the API key Secret {name:?} has no non-empty key {key:?}: put the IBM Cloud API key under that key"
+        "the API key Secret {name:?} has no non-empty key {key:?} (keys present: {}): put the IBM Cloud API key under that key, or set spec.apiKeySecretRef.key",
+        present_keys(present)
     )]
-    ApiKeyMissingInSecret { name: String, key: String },
+    ApiKeyMissingInSecret {
+        name: String,
+        key: String,
+        /// Names of the data keys the Secret does have (never their values).
+        present: Vec<String>,
+    },
 
     #[error(
         "IAM rejected the API key in Secret {secret:?} ({source}): put a valid IBM Cloud API key in the Secret"
@@ -132,6 +138,14 @@ pub enum ReconcileError {
         action: &'static str,
         source: kube::Error,
     },
+}
+
+fn present_keys(present: &[String]) -> String {
+    if present.is_empty() {
+        "none".into()
+    } else {
+        present.join(", ")
+    }
 }
 
 impl ReconcileError {

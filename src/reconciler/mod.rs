@@ -77,7 +77,12 @@ impl Default for Settings {
 pub struct Context {
     pub client: Client,
     pub ibm: Arc<dyn IbmApi>,
-    pub recorder: Recorder,
+    reporter: Reporter,
+    /// Per (request uid, event reason): the last note published and the recorder that published
+    /// it. kube's recorder merges events by reason and keeps the first note; a different note is
+    /// a different happening, so it gets a fresh recorder and a new event, while a repeat of the
+    /// same note still becomes a series (count) on one event.
+    recorders: Mutex<HashMap<(String, String), (String, Recorder)>>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     instances: Mutex<HashMap<String, (ResourceInstance, Instant)>>,
@@ -99,7 +104,8 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
+            recorders: Mutex::default(),
             client,
             ibm: Arc::new(ibm),
             metrics,
@@ -132,20 +138,38 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        let note = truncate(note, MAX_EVENT_NOTE);
+        let recorder = self.recorder_for(request, reason, &note);
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(truncate(note, MAX_EVENT_NOTE)),
+            note: Some(note),
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(error) = self
-            .recorder
-            .publish(&event, &request.object_ref(&()))
-            .await
-        {
+        if let Err(error) = recorder.publish(&event, &request.object_ref(&())).await {
             warn!(%error, "could not publish event");
         }
+    }
+
+    /// The recorder that publishes `note` as its own event (see `recorders`).
+    fn recorder_for(&self, request: &IngestionKeyRequest, reason: &str, note: &str) -> Recorder {
+        let key = (request.uid().unwrap_or_default(), reason.to_owned());
+        let mut recorders = lock(&self.recorders);
+        match recorders.get(&key) {
+            Some((last, recorder)) if last == note => recorder.clone(),
+            _ => {
+                let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+                recorders.insert(key, (note.to_owned(), recorder.clone()));
+                recorder
+            }
+        }
+    }
+
+    /// Forgets the event recorders of a request that is gone.
+    fn forget_events(&self, request: &IngestionKeyRequest) {
+        let uid = request.uid().unwrap_or_default();
+        lock(&self.recorders).retain(|(owner, _), _| *owner != uid);
     }
 }
 

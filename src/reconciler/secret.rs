@@ -21,10 +21,29 @@ pub(super) enum SecretOutcome {
     Unchanged,
 }
 
-/// Writes the credential into the request's Secret, unless that Secret belongs to someone else.
+/// The request's Secret as it is now, after checking that it can be ours: run before any key is
+/// created, so that a conflict never mints a key that could not be used.
+pub(super) async fn target(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<Option<Secret>, ReconcileError> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+    let existing = api
+        .get_opt(&request.spec.secret.name)
+        .await
+        .map_err(ReconcileError::kube("read the Secret"))?;
+    if let Some(secret) = &existing {
+        check_ours(ctx, request, secret).await?;
+    }
+    Ok(existing)
+}
+
+/// Writes the credential into the request's Secret, `existing` as returned by [`target`].
 pub(super) async fn sync(
     ctx: &Context,
     request: &IngestionKeyRequest,
+    existing: Option<Secret>,
     credential: &SecretString,
 ) -> Result<SecretOutcome, ReconcileError> {
     let secret_name = &request.spec.secret.name;
@@ -32,11 +51,7 @@ pub(super) async fn sync(
         .ok_or_else(|| ReconcileError::Unexpected("the request has no uid".into()))?;
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
-    let Some(existing) = api
-        .get_opt(secret_name)
-        .await
-        .map_err(ReconcileError::kube("read the Secret"))?
-    else {
+    let Some(existing) = existing else {
         // Create, not apply: if someone else creates the Secret meanwhile, this fails (409) and
         // the next reconcile classifies it instead of taking it over.
         let params = PostParams {
@@ -48,7 +63,6 @@ pub(super) async fn sync(
             .map_err(ReconcileError::kube("create the Secret"))?;
         return Ok(SecretOutcome::Created);
     };
-    check_ours(ctx, request, &existing).await?;
     if !needs_update(&existing, &desired) {
         return Ok(SecretOutcome::Unchanged);
     }

@@ -28,8 +28,9 @@ pub(super) struct StatusPatch {
     pub observed_generation: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
+    /// `Some(None)` clears it: the spec no longer resolves to the instance recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance: Option<InstanceStatus>,
+    pub instance: Option<Option<InstanceStatus>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_key: Option<ResourceKeyStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,7 +133,7 @@ pub(super) async fn record_pending(
     };
     let status = StatusPatch {
         pending_key_creation: Some(Some(pending)),
-        instance: Some(instance_status(instance)),
+        instance: Some(Some(instance_status(instance))),
         ..StatusPatch::default()
     };
     patch(ctx, request, &status, "record pending key creation").await
@@ -159,7 +160,7 @@ pub(super) async fn record_key(
 ) -> Result<(), ReconcileError> {
     let status = StatusPatch {
         resource_key: Some(key_status(key)),
-        instance: Some(instance_status(instance)),
+        instance: Some(Some(instance_status(instance))),
         pending_key_creation: Some(None),
         ..StatusPatch::default()
     };
@@ -182,7 +183,7 @@ pub(super) async fn synced(
             reason::KEY_SYNCED,
             message,
         )]),
-        instance: Some(instance_status(instance)),
+        instance: Some(Some(instance_status(instance))),
         secret_name: Some(request.spec.secret.name.clone()),
         key_fingerprint: Some(fingerprint.to_owned()),
         last_sync_time: Some(Time(Timestamp::now())),
@@ -200,16 +201,22 @@ pub(super) async fn failed(
     error: &ReconcileError,
 ) -> Result<(), ReconcileError> {
     let message = error.to_string();
+    let stale_instance = instance_is_stale(error.reason())
+        && request
+            .status
+            .as_ref()
+            .is_some_and(|s| s.instance.is_some());
     let unchanged = previous_ready(request).is_some_and(|c| {
         c.status == "False"
             && c.reason == error.reason()
             && c.observed_generation == request.metadata.generation
             && without_transaction_ids(&c.message) == without_transaction_ids(&message)
     });
-    if unchanged {
+    if unchanged && !stale_instance {
         return Ok(());
     }
     let status = StatusPatch {
+        instance: stale_instance.then_some(None),
         observed_generation: request.metadata.generation,
         conditions: Some(vec![ready_condition(
             request,
@@ -220,6 +227,19 @@ pub(super) async fn failed(
         ..StatusPatch::default()
     };
     patch(ctx, request, &status, "write failure status").await
+}
+
+/// Failures that say the spec does not (or no longer) resolve to the instance in status: showing
+/// that instance next to them would describe an older spec. Deletion does not need it (the key's
+/// CRN and a pending creation carry their instance).
+fn instance_is_stale(reason: &str) -> bool {
+    matches!(
+        reason,
+        reason::INVALID_SPEC
+            | reason::INSTANCE_NOT_FOUND
+            | reason::INSTANCE_AMBIGUOUS
+            | reason::INSTANCE_NOT_ACTIVE
+    )
 }
 
 /// The message without IBM Cloud transaction ids, which differ on every attempt.
