@@ -416,8 +416,19 @@ async fn a_pending_creation_within_its_grace_is_waited_for() {
         Action::await_change(),
         "it comes back to look again"
     );
-    let status = h.get("at").await.status.unwrap();
+    let request = h.get("at").await;
+    let status = request.status.clone().unwrap();
     assert_eq!(status.pending_key_creation, Some(pending));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY_CONDITION)
+        .unwrap();
+    assert!(
+        ready.message.contains("looks for it again in"),
+        "the wait is visible: {}",
+        ready.message
+    );
 }
 
 #[tokio::test]

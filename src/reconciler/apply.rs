@@ -58,6 +58,7 @@ pub(super) async fn apply(
                 wait_seconds = wait.as_secs(),
                 "a key creation may still be completing in IBM Cloud; waiting before creating again"
             );
+            status::waiting_for_creation(ctx, request, wait).await?;
             return Ok(Action::requeue(wait));
         }
     };

@@ -192,6 +192,35 @@ pub(super) async fn synced(
     patch(ctx, request, &status, "write Ready status").await
 }
 
+/// Ready=False while the operator waits for a key creation whose reply was lost: IBM Cloud did
+/// not answer, and the message says what the operator waits for and until when.
+pub(super) async fn waiting_for_creation(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    wait: std::time::Duration,
+) -> Result<(), ReconcileError> {
+    let pending = request
+        .status
+        .as_ref()
+        .and_then(|s| s.pending_key_creation.as_ref());
+    let what = pending.map_or_else(String::new, |p| format!(" {:?}", p.name));
+    let message = format!(
+        "the creation of resource key{what} got no answer from IBM Cloud; it may still complete, so the operator looks for it again in {}s before creating another",
+        wait.as_secs()
+    );
+    let status = StatusPatch {
+        observed_generation: request.metadata.generation,
+        conditions: Some(vec![ready_condition(
+            request,
+            false,
+            reason::IBM_CLOUD_UNAVAILABLE,
+            message,
+        )]),
+        ..StatusPatch::default()
+    };
+    patch(ctx, request, &status, "write waiting status").await
+}
+
 /// Ready=False with the error's reason and message; everything else recorded stays. Nothing is
 /// written when the condition already says the same (transaction ids aside): every write is a
 /// watch event, and a rewrite per attempt would turn the back-off into a busy loop.
