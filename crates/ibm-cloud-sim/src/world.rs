@@ -1059,6 +1059,42 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_jwts_recognised_by_lookup() {
+        let seed =
+            Seed::from_yaml("accounts:\n  - id: acc\n    api_keys:\n      - key: k1\n").unwrap();
+        let mut world = World::new(&seed, "http://127.0.0.1:1".into()).unwrap();
+        let form: HashMap<String, String> = [
+            ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
+            ("apikey", "k1"),
+            ("response_type", "cloud_iam"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let reply = world.token(&form, "t");
+        assert_eq!(reply.status, 200);
+        let body = reply.body.unwrap();
+        assert_eq!(body["refresh_token"], "not_supported");
+        assert_eq!(body["token_type"], "Bearer");
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        let claims = jwt::decode_claims(&token).unwrap();
+        assert_eq!(claims["account"]["bss"], "acc");
+        assert_eq!(claims["exp"], body["expiration"]);
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            3600
+        );
+        assert!(claims["sub"].as_str().unwrap().starts_with("ServiceId-"));
+        let bearer = |t: &str| format!("Bearer {t}");
+        assert!(world.authenticate(Some(&bearer(&token)), "t").is_ok());
+        // The same claims with a signature the simulator did not make: not one of its tokens.
+        let forged = jwt::encode(&claims, b"another secret");
+        assert!(world.authenticate(Some(&bearer(&forged)), "t").is_err());
+        world.expire_tokens();
+        assert!(world.authenticate(Some(&bearer(&token)), "t").is_err());
+    }
+
+    #[test]
     fn key_name_rule() {
         assert!(valid_key_name("ns.name:uid-1 _x"));
         assert!(!valid_key_name(""));
