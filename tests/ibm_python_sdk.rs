@@ -153,7 +153,7 @@ async fn ibm_python_sdk_works_against_the_simulator() {
         .and_then(|rest| rest.strip_suffix(" checks"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("last line is not `OK <n> checks`: {last:?}"));
-    assert!(checks >= 20, "only {checks} checks ran");
+    assert!(checks >= 28, "only {checks} checks ran");
 
     // The SDK really went through the simulator's IAM and Resource Controller endpoints.
     assert!(

@@ -15,10 +15,16 @@ import sys
 import time
 import uuid
 
+import requests
+
 from ibm_cloud_sdk_core import ApiException
 from ibm_cloud_sdk_core.authenticators import IAMAuthenticator
 from ibm_platform_services import ResourceControllerV2
-from ibm_platform_services.resource_controller_v2 import ResourceInstancesPager, ResourceKeysPager
+from ibm_platform_services.resource_controller_v2 import (
+    ResourceInstancesPager,
+    ResourceKeysForInstancePager,
+    ResourceKeysPager,
+)
 
 CHECKS = 0
 
@@ -84,6 +90,8 @@ def main():
           and "start=" in (first.get_result()["next_url"] or ""), "list_resource_instances: rows_count 1, next_url with start")
     instance = rc.get_resource_instance(id=guids[0]).get_result()
     check(instance["guid"] == guids[0] and instance["crn"].startswith("crn:v1:"), "get_resource_instance by GUID")
+    by_crn = rc.get_resource_instance(id=instance["crn"]).get_result()
+    check(by_crn["guid"] == guids[0], "get_resource_instance by CRN (URL-encoded by the SDK)")
 
     # Resource keys: create, get, list (pager), delete.
     key_name = f"sdk-check-{uuid.uuid4().hex[:8]}"
@@ -100,6 +108,10 @@ def main():
     listed = ResourceKeysPager(client=rc, limit=1).get_all()
     check({key["guid"], second["guid"]} <= {k["guid"] for k in listed} and len(listed) >= 2,
           f"ResourceKeysPager(limit=1) collected all {len(listed)} keys")
+    for_instance = ResourceKeysForInstancePager(client=rc, id=guids[0], limit=1).get_all()
+    check([k["guid"] for k in for_instance if k["name"] == key_name] == [key["guid"]]
+          and all(k["source_crn"] == instance["crn"] for k in for_instance),
+          "ResourceKeysForInstancePager(limit=1) lists the instance's keys only")
     by_name = ResourceKeysPager(client=rc, name=key_name).get_all()
     check([k["guid"] for k in by_name] == [key["guid"]], "ResourceKeysPager(name=...) finds exactly the key")
     deleted = rc.delete_resource_key(id=key["guid"])
@@ -112,7 +124,16 @@ def main():
     expect_api_exception(lambda: rc.get_resource_instance(id=str(uuid.uuid4())), 404, "unknown instance GUID")
     expect_api_exception(lambda: rc.create_resource_key(name="x", source=str(uuid.uuid4())), 404,
                          "create_resource_key for an unknown instance")
-    wrong_auth, wrong_rc = client(iam_url, rc_url, "not-a-key-" + uuid.uuid4().hex)
+    # Past its refresh time the SDK fetches a new token, which the simulator accepts.
+    tm.refresh_time = 0
+    fresh = tm.get_token()
+    check(fresh != token and tm.refresh_time > time.time(), "SDK refresh past refresh_time gets a new token")
+    check(rc.get_resource_instance(id=guids[0]).get_status_code() == 200, "the refreshed token is accepted")
+    # Tokens the simulator has expired (its control endpoint): 401 from the Resource Controller.
+    requests.post(rc_url + "/_sim/tokens/expire", timeout=10).raise_for_status()
+    expect_api_exception(lambda: rc.get_resource_instance(id=guids[0]), 401, "an expired token")
+
+    _, wrong_rc = client(iam_url, rc_url, "not-a-key-" + uuid.uuid4().hex)
     e = expect_api_exception(lambda: wrong_rc.list_resource_instances(), 400, "wrong API key (IAM)")
     check(e.message == "Provided API key could not be found", "IAM error message read by the SDK")
 
