@@ -157,7 +157,7 @@ async fn ibm_python_sdk_works_against_the_simulator() {
 
     // The SDK really went through the simulator's IAM and Resource Controller endpoints.
     assert!(
-        sim.call_count("POST /identity/token") >= 2,
+        sim.call_count("POST /identity/token") >= 3,
         "{:?}",
         sim.calls()
     );

@@ -7,7 +7,8 @@ Run by tests/ibm_python_sdk.rs:
 with the environment variables SIM_API_KEY (an API key of the seeded account, allowed to create
 keys), SIM_INSTANCE_NAME (a name two seeded instances share, so paging with limit=1 needs two
 pages) and SIM_INSTANCE_GUIDS (their GUIDs, comma-separated). Prints one line per check and, last,
-`OK <n> checks`; exits non-zero on the first failed check.
+`OK <n> checks`; exits non-zero on the first failed check. It also uses the simulator's control
+endpoint `POST RC_URL/_sim/tokens/expire` to check how the SDK sees an expired token.
 """
 
 import os
