@@ -26,13 +26,19 @@ RUN apk add --no-cache musl-dev ca-certificates \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 
-# Dependencies first, in their own layer: only Cargo.toml/Cargo.lock changes refetch them.
+# Dependencies first, in their own layer: only the manifests and Cargo.lock refetch them. The
+# workspace member crates/ibm-cloud-sim (the test simulator, a dev-dependency only) and the bench
+# target must exist for cargo to load the workspace; neither is built into the image.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src examples && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY crates/ibm-cloud-sim/Cargo.toml crates/ibm-cloud-sim/
+RUN mkdir -p src benches crates/ibm-cloud-sim/src \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > benches/scale.rs \
+ && echo 'fn main() {}' > crates/ibm-cloud-sim/src/main.rs && touch crates/ibm-cloud-sim/src/lib.rs \
  && cargo fetch --locked --target x86_64-unknown-linux-musl \
- && rm -rf src examples
+ && rm -rf src crates/ibm-cloud-sim/src
 
 COPY src ./src
+COPY crates ./crates
 RUN cargo build --release --locked --offline --target x86_64-unknown-linux-musl --bin ingestion-key-operator \
  && cp target/x86_64-unknown-linux-musl/release/ingestion-key-operator /ingestion-key-operator \
  && /ingestion-key-operator --version

@@ -12,29 +12,30 @@ ASSETS_SCRIPT := hack/envtest-assets.sh
 .PHONY: build assets test fmt fmt-check lint unit-and-integration crd-check crds
 
 build:
-	$(CARGO) build --all-targets
+	$(CARGO) build --all-targets --workspace
 
 ## Prints the directory of the control-plane binaries, building and caching them if needed.
 assets:
 	@$(ASSETS_SCRIPT)
 
-## Everything: formatting, clippy, the CRD drift check, unit, integration and doc tests.
+## Everything (the whole workspace: the operator and crates/ibm-cloud-sim): formatting, clippy,
+## the CRD drift check, unit, integration and doc tests.
 test: fmt-check lint crd-check unit-and-integration
 
 fmt:
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 fmt-check:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --workspace -- -D warnings
 
 unit-and-integration:
 	assets=$$($(ASSETS_SCRIPT)); \
 	export KUBEBUILDER_ASSETS=$$assets; \
 	echo "control-plane binaries: $$KUBEBUILDER_ASSETS" >&2; \
-	$(CARGO) test --no-fail-fast
+	$(CARGO) test --workspace --no-fail-fast
 
 ## The committed CRD must be what the binary generates.
 crd-check:
@@ -46,7 +47,7 @@ crds:
 	$(CARGO) run -q -- crd > $(CRD_FILE).tmp && mv $(CRD_FILE).tmp $(CRD_FILE)
 
 # --- Packaging and the demo (README). ---
-.PHONY: demo demo-once chart-lint crd-copies tools
+.PHONY: demo demo-once sim chart-lint crd-copies tools
 CHART := charts/ingestion-key-operator
 
 ## The local demo: control plane + IBM Cloud simulator + the operator, until Ctrl-C.
@@ -56,6 +57,11 @@ demo:
 ## The demo, exiting after showing the result (what tests/demo.rs runs).
 demo-once:
 	$(CARGO) build && $(CARGO) run --example demo -- --once
+
+## The IBM Cloud simulator alone (crates/ibm-cloud-sim) with the demo seed, until Ctrl-C.
+SIM_LISTEN ?= 127.0.0.1:9443
+sim:
+	$(CARGO) run -p ibm-cloud-sim -- --listen $(SIM_LISTEN) --seed examples/seed.yaml
 
 ## Lints and renders the chart with the real Helm engine (hack/helm.py, helm-python-sdk), and builds deploy/.
 chart-lint:

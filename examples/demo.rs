@@ -34,11 +34,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ingestion_key_operator::{
-    crd::IngestionKeyRequest,
-    redact::SecretString,
-    simulator::{Seed, Simulator},
-};
+use ibm_cloud_sim::{Seed, Simulator};
+use ingestion_key_operator::{crd::IngestionKeyRequest, redact::SecretString};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, ResourceExt};
 
@@ -155,7 +152,7 @@ impl Demo {
         let sim_url = simulator.base_url();
         self.simulator = Some(simulator);
         println!(
-            "  IAM and Resource Controller at {sim_url} (same as `ingestion-key-operator simulator --seed examples/seed.yaml`)"
+            "  IAM and Resource Controller at {sim_url} (same as `cargo run -p ibm-cloud-sim -- --seed examples/seed.yaml`)"
         );
 
         step(&format!("creating namespace {NAMESPACE}"));

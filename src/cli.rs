@@ -1,8 +1,7 @@
-//! The command line: `run`, `crd`, `simulator` (see the contract). Wiring only.
+//! The command line: `run`, `crd` (see the contract). Wiring only.
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
@@ -38,8 +37,6 @@ pub enum Command {
     Run(RunArgs),
     /// Print the IngestionKeyRequest CustomResourceDefinition as YAML.
     Crd,
-    /// Run a local IBM Cloud (IAM + Resource Controller) for tests, demos and benchmarks.
-    Simulator(SimulatorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,16 +76,6 @@ pub struct RunArgs {
     pub concurrency: u16,
 }
 
-#[derive(Debug, Args)]
-pub struct SimulatorArgs {
-    /// Address to listen on, for example 127.0.0.1:8090.
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    pub listen: SocketAddr,
-    /// Seed file describing accounts, API keys and instances (see examples/seed.yaml).
-    #[arg(long)]
-    pub seed: PathBuf,
-}
-
 fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 30s, 5m or 1h"))
 }
@@ -110,8 +97,6 @@ pub enum CliError {
     },
     #[error("could not render the CRD as YAML: {0}")]
     CrdYaml(String),
-    #[error("simulator: {0}")]
-    Simulator(String),
 }
 
 /// The CRD as YAML, exactly as `crds/ingestionkeyrequests.keysync.dev.yaml` holds it.
@@ -125,12 +110,6 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Crd => {
             print!("{}", crd_yaml()?);
             Ok(())
-        }
-        Command::Simulator(args) => {
-            telemetry::init(LogFormat::Text);
-            crate::simulator::run(args.listen, &args.seed)
-                .await
-                .map_err(|e| CliError::Simulator(e.to_string()))
         }
         Command::Run(args) => run(args).await,
     }

@@ -13,5 +13,4 @@ pub mod metrics;
 pub mod reconciler;
 pub mod redact;
 pub mod render;
-pub mod simulator;
 pub mod telemetry;

@@ -5,7 +5,7 @@ mod fixtures;
 mod support;
 
 use fixtures::*;
-use ingestion_key_operator::simulator::Faults;
+use ibm_cloud_sim::Faults;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,

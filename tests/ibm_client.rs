@@ -8,11 +8,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ibm_cloud_sim::{Faults, Seed, SeedInstance, Simulator};
 use ingestion_key_operator::ibm::{
     ClientConfig, CreateKeyRequest, CredentialError, Endpoints, ErrorKind, IbmCloud, InstanceQuery,
     KeyDeletion, SecretString,
 };
-use ingestion_key_operator::simulator::{Faults, Seed, SeedInstance, Simulator};
 
 // ---- log capture ------------------------------------------------------------------------------
 
@@ -507,7 +507,10 @@ async fn key_lifecycle_create_get_reset_delete() {
     let rotated = env.sim.reset_ingestion_key(AT_GUID).unwrap();
     assert_ne!(rotated.expose(), AT_INGESTION_KEY);
     let reread = env.client.get_key(&api_key, &created.guid).await.unwrap();
-    assert_eq!(reread.credentials.field("ingestion_key").unwrap(), rotated);
+    assert_eq!(
+        reread.credentials.field("ingestion_key").unwrap().expose(),
+        rotated.expose()
+    );
 
     assert_eq!(
         env.client
@@ -852,7 +855,7 @@ async fn rate_limit_window_is_waited_out() {
         .await
         .unwrap();
     env.sim.set_faults(Faults {
-        rate_limit: Some(ingestion_key_operator::simulator::RateLimit {
+        rate_limit: Some(ibm_cloud_sim::RateLimit {
             limit: 2,
             window_seconds: 60,
             retry_after_seconds: 1,

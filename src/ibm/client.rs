@@ -339,7 +339,8 @@ impl IbmCloud {
     }
 
     /// Test hook: moves the token cache's clock forward, to exercise refresh and expiry without
-    /// waiting for real tokens to age.
+    /// waiting for real tokens to age. Only with the `test-util` feature.
+    #[cfg(feature = "test-util")]
     #[doc(hidden)]
     pub fn advance_clock(&self, by: Duration) {
         self.inner

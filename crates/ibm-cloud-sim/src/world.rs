@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::jwt;
 use super::{PlatformRole, Seed, SeedInstance, ServiceRole, SimulatorError};
-use crate::redact::SecretString;
+use crate::secret::SimSecret;
 
 /// Default resource group of seeded instances (the one in IBM's own examples).
 pub const DEFAULT_RESOURCE_GROUP: &str = "0be5ad401ae913d8ff665d92680664ed";
@@ -56,8 +57,8 @@ impl Reply {
                     "instanceId": "iamid-simulator",
                     "threadId": "1",
                     "host": "iamid-simulator",
-                    "startTime": httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(now)),
-                    "endTime": httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(now)),
+                    "startTime": iam_time(now),
+                    "endTime": iam_time(now),
                     "elapsedTime": "1",
                     "locale": "en_US",
                     "clusterName": "iam-id-simulator"
@@ -86,6 +87,8 @@ pub struct SimKey {
 struct Caller {
     account_id: String,
     name: String,
+    /// The service ID the API key belongs to (`ServiceId-<uuid>`), the token's `sub`.
+    service_id: String,
     platform_role: PlatformRole,
     service_role: ServiceRole,
 }
@@ -198,6 +201,8 @@ pub struct World {
     retired: Vec<String>,
     counter: u64,
     salt: [u8; 32],
+    /// Signs issued JWTs (random per simulator).
+    token_secret: [u8; 32],
 }
 
 pub fn now_unix() -> u64 {
@@ -225,6 +230,20 @@ fn rfc3339(unix: u64) -> String {
         secs / 3600,
         secs % 3600 / 60,
         secs % 60
+    )
+}
+
+/// IAM's own timestamp format in error contexts: `29.10.2019 12:31:00:300 GMT`.
+fn iam_time(unix: u64) -> String {
+    let iso = rfc3339(unix); // 2019-10-29T12:31:00.000Z
+    format!(
+        "{}.{}.{} {}:{}:{}:000 GMT",
+        &iso[8..10],
+        &iso[5..7],
+        &iso[0..4],
+        &iso[11..13],
+        &iso[14..16],
+        &iso[17..19]
     )
 }
 
@@ -262,7 +281,9 @@ impl World {
             retired: Vec::new(),
             counter: 0,
             salt: salt_input.finalize().into(),
+            token_secret: [0; 32],
         };
+        world.token_secret = world.random_bytes("jwt-secret");
         for account in &seed.accounts {
             if account.id.is_empty() || !world.accounts.insert(account.id.clone()) {
                 return Err(SimulatorError::Seed(format!(
@@ -279,6 +300,7 @@ impl World {
                 }
                 let caller = Caller {
                     account_id: account.id.clone(),
+                    service_id: format!("ServiceId-{}", world.new_guid()),
                     name: key
                         .name
                         .clone()
@@ -305,8 +327,11 @@ impl World {
         h.finalize().into()
     }
 
+    /// A random (version 4) UUID, the shape of IBM Cloud GUIDs.
     fn new_guid(&mut self) -> String {
-        let b = self.random_bytes("guid");
+        let mut b = self.random_bytes("guid");
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
         let hex: String = b.iter().take(16).map(|x| format!("{x:02x}")).collect();
         format!(
             "{}-{}-{}-{}-{}",
@@ -399,7 +424,7 @@ impl World {
         Ok(guid)
     }
 
-    pub fn reset_ingestion_key(&mut self, guid: &str) -> Option<SecretString> {
+    pub fn reset_ingestion_key(&mut self, guid: &str) -> Option<SimSecret> {
         let fresh = self.new_hex("ingestion", 32);
         let instance = self.instances.iter_mut().find(|i| i.guid == guid)?;
         let slot = instance.ingestion_key.as_mut()?;
@@ -407,16 +432,16 @@ impl World {
         let current = slot.clone();
         self.retired.push(old);
         tracing::info!(instance = guid, "simulator: ingestion key reset");
-        Some(SecretString::new(current))
+        Some(SimSecret::new(current))
     }
 
-    pub fn ingestion_key(&self, guid: &str) -> Option<SecretString> {
+    pub fn ingestion_key(&self, guid: &str) -> Option<SimSecret> {
         self.instances
             .iter()
             .find(|i| i.guid == guid)?
             .ingestion_key
             .as_deref()
-            .map(SecretString::from)
+            .map(SimSecret::from)
     }
 
     pub fn instances_summary(&self) -> Value {
@@ -427,7 +452,7 @@ impl World {
                     json!({
                         "guid": i.guid, "crn": i.crn(), "name": i.name, "service": i.service, "region": i.region,
                         "account_id": i.account_id, "state": i.state,
-                        "ingestion_key_fingerprint": i.ingestion_key.as_deref().map(|k| SecretString::from(k).fingerprint()),
+                        "ingestion_key_fingerprint": i.ingestion_key.as_deref().map(|k| SimSecret::from(k).fingerprint()),
                     })
                 })
                 .collect(),
@@ -455,32 +480,28 @@ impl World {
         }
     }
 
-    pub fn issued_tokens(&self) -> Vec<SecretString> {
+    pub fn issued_tokens(&self) -> Vec<SimSecret> {
         self.issued
             .iter()
-            .map(|t| SecretString::new(t.clone()))
+            .map(|t| SimSecret::new(t.clone()))
             .collect()
     }
 
-    pub fn secret_values(&self) -> Vec<SecretString> {
-        let mut out: Vec<SecretString> = self
+    pub fn secret_values(&self) -> Vec<SimSecret> {
+        let mut out: Vec<SimSecret> = self
             .callers
             .keys()
             .chain(&self.issued)
             .chain(&self.retired)
-            .map(|s| SecretString::new(s.clone()))
+            .map(|s| SimSecret::new(s.clone()))
             .collect();
-        out.extend(
-            self.keys
-                .iter()
-                .map(|k| SecretString::new(k.apikey.clone())),
-        );
+        out.extend(self.keys.iter().map(|k| SimSecret::new(k.apikey.clone())));
         for i in &self.instances {
             out.extend(
                 i.ingestion_key
                     .iter()
                     .chain(i.service_key.iter())
-                    .map(|s| SecretString::new(s.clone())),
+                    .map(|s| SimSecret::new(s.clone())),
             );
         }
         out
@@ -521,7 +542,22 @@ impl World {
             );
         }
         self.tokens.retain(|_, t| t.expires_at > now);
-        let token = format!("sim-{}", self.new_hex("token", 64));
+        let scope = form
+            .get("scope")
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| "ibm openid".to_owned());
+        let jti = self.new_hex("jti", 32);
+        let caller = &self.callers[api_key];
+        let subject = jwt::Subject {
+            account_id: &caller.account_id,
+            service_id: &caller.service_id,
+            name: &caller.name,
+        };
+        let token = jwt::encode(
+            &jwt::claims(&subject, &jti, now, self.token_ttl, &scope),
+            &self.token_secret,
+        );
         let expiration = now + self.token_ttl;
         self.tokens.insert(
             token.clone(),
@@ -540,7 +576,7 @@ impl World {
                 "token_type": "Bearer",
                 "expires_in": self.token_ttl,
                 "expiration": expiration,
-                "scope": "ibm openid"
+                "scope": scope
             }),
         )
     }
@@ -1019,6 +1055,43 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_530_568_223), "2018-07-02T21:50:23.000Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iam_time(1_530_568_223), "02.07.2018 21:50:23:000 GMT");
+    }
+
+    #[test]
+    fn tokens_are_jwts_recognised_by_lookup() {
+        let seed =
+            Seed::from_yaml("accounts:\n  - id: acc\n    api_keys:\n      - key: k1\n").unwrap();
+        let mut world = World::new(&seed, "http://127.0.0.1:1".into()).unwrap();
+        let form: HashMap<String, String> = [
+            ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
+            ("apikey", "k1"),
+            ("response_type", "cloud_iam"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let reply = world.token(&form, "t");
+        assert_eq!(reply.status, 200);
+        let body = reply.body.unwrap();
+        assert_eq!(body["refresh_token"], "not_supported");
+        assert_eq!(body["token_type"], "Bearer");
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        let claims = jwt::decode_claims(&token).unwrap();
+        assert_eq!(claims["account"]["bss"], "acc");
+        assert_eq!(claims["exp"], body["expiration"]);
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            3600
+        );
+        assert!(claims["sub"].as_str().unwrap().starts_with("ServiceId-"));
+        let bearer = |t: &str| format!("Bearer {t}");
+        assert!(world.authenticate(Some(&bearer(&token)), "t").is_ok());
+        // The same claims with a signature the simulator did not make: not one of its tokens.
+        let forged = jwt::encode(&claims, b"another secret");
+        assert!(world.authenticate(Some(&bearer(&forged)), "t").is_err());
+        world.expire_tokens();
+        assert!(world.authenticate(Some(&bearer(&token)), "t").is_err());
     }
 
     #[test]

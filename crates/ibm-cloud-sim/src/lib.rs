@@ -1,10 +1,29 @@
 //! A local IBM Cloud (IAM token endpoint + Resource Controller v2) for tests, demos and benchmarks.
 //!
-//! It follows /work/shared/reference/ibm-cloud-api.md: same paths, query parameters, status codes,
-//! JSON field names, error bodies, pagination (`rows_count`, relative `next_url`), key lifecycle
-//! (`removed` after delete, 410 on a second delete), role-based redaction, `Transaction-Id` and
-//! `X-RateLimit-*` headers and expiring tokens. Where the reference is silent (error codes for
-//! simulated failures, 404 for another account's instance), the choice is documented here.
+//! It answers as IBM Cloud does, so that the operator and IBM's own SDKs (`tests/ibm_python_sdk.rs`
+//! in the operator crate drives it with IBM's Python SDK) can run against it:
+//!
+//! - IAM: `POST /identity/token` with a form body `grant_type=urn:ibm:params:oauth:grant-type:apikey`,
+//!   `apikey=...` (the SDKs also send `response_type=cloud_iam`, and optionally `scope`). The reply
+//!   carries `access_token`, `refresh_token: "not_supported"`, `token_type: "Bearer"`, `expires_in`,
+//!   `expiration`, `scope` and `ims_user_id`. Access tokens are JWTs (see [`jwt`]) whose `exp`/`iat`
+//!   the SDKs decode to refresh after 80 % of the lifetime. An unknown API key gets HTTP 400 with
+//!   IAM's body `{"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found",
+//!   "context": {...}}`.
+//! - Resource Controller v2: `GET /v2/resource_instances` (filters `guid`, `name`,
+//!   `resource_group_id`, `state`; by default only `active` and `provisioning` instances),
+//!   `GET /v2/resource_instances/{id}`, `GET /v2/resource_instances/{id}/resource_keys`,
+//!   `GET|POST /v2/resource_keys`, `GET|DELETE /v2/resource_keys/{id}` (`{id}`: GUID or URL-encoded
+//!   CRN). Lists are paged: `limit` (default and maximum 100), `rows_count`, `resources` and a
+//!   relative `next_url` carrying an opaque `start` token (`null` on the last page; other query
+//!   parameters are ignored when `start` is present). Creating a key answers 201, deleting 204; a
+//!   deleted key still reads as `state: "removed"` and a second delete answers 410. Credentials
+//!   are `{"REDACTED": "REDACTED"}` when the caller's service role is below the key's.
+//!   Errors have the `ErrorReport` shape `{error_code, message, status_code, transaction_id}`; every
+//!   reply has a `Transaction-Id` header and `X-RateLimit-*` headers.
+//!
+//! Where IBM's documentation is silent (error codes for simulated failures, 404 for another
+//! account's instance), the choice is documented at the code that makes it.
 //!
 //! Control endpoints (not counted, never faulted): `GET /_sim/calls`, `POST /_sim/calls/reset`,
 //! `GET|PUT|DELETE /_sim/faults`, `GET /_sim/keys`, `GET /_sim/instances`, `POST /_sim/instances`
@@ -14,6 +33,8 @@
 //! Secret values (tokens, API keys, ingestion keys) are never logged; control endpoints report
 //! fingerprints, not keys.
 
+pub mod jwt;
+mod secret;
 mod server;
 mod world;
 
@@ -24,7 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::redact::SecretString;
+pub use secret::SimSecret;
 pub use world::SimKey;
 
 /// Errors starting or controlling the simulator.
@@ -128,7 +149,7 @@ pub struct SeedAccount {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedApiKey {
-    pub key: SecretString,
+    pub key: SimSecret,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -155,7 +176,7 @@ pub struct SeedInstance {
     #[serde(default)]
     pub state: Option<String>,
     #[serde(default)]
-    pub ingestion_key: Option<SecretString>,
+    pub ingestion_key: Option<SimSecret>,
 }
 
 impl SeedInstance {
@@ -319,12 +340,12 @@ impl Simulator {
     /// Rotates an instance's ingestion key, as the web UI's "Generate Ingestion Key" does. Keys of
     /// the instance show the new value on their next GET. `None` for an unknown instance or one
     /// without ingestion keys.
-    pub fn reset_ingestion_key(&self, instance_guid: &str) -> Option<SecretString> {
+    pub fn reset_ingestion_key(&self, instance_guid: &str) -> Option<SimSecret> {
         lock(&self.shared.world).reset_ingestion_key(instance_guid)
     }
 
     /// The current ingestion key of an instance (for tests comparing Secrets).
-    pub fn ingestion_key(&self, instance_guid: &str) -> Option<SecretString> {
+    pub fn ingestion_key(&self, instance_guid: &str) -> Option<SimSecret> {
         lock(&self.shared.world).ingestion_key(instance_guid)
     }
 
@@ -348,14 +369,14 @@ impl Simulator {
     }
 
     /// Every access token issued so far (for tests that scan logs for leaked secrets).
-    pub fn issued_tokens(&self) -> Vec<SecretString> {
+    pub fn issued_tokens(&self) -> Vec<SimSecret> {
         lock(&self.shared.world).issued_tokens()
     }
 
     /// Every secret value the simulator knows: seeded API keys, issued tokens, per-key API keys,
     /// ingestion and service keys. For tests that scan logs for leaks.
     #[doc(hidden)]
-    pub fn secret_values(&self) -> Vec<SecretString> {
+    pub fn secret_values(&self) -> Vec<SimSecret> {
         lock(&self.shared.world).secret_values()
     }
 
@@ -382,12 +403,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The `simulator` CLI command: start, print `simulator listening on http://ADDR`, serve until
+/// The `ibm-cloud-sim` binary: start, print `ibm-cloud-sim listening on http://ADDR`, serve until
 /// Ctrl-C or SIGTERM.
 pub async fn run(listen: SocketAddr, seed_path: &Path) -> Result<(), SimulatorError> {
     let seed = Seed::from_file(seed_path)?;
     let simulator = Simulator::start(listen, seed).await?;
-    println!("simulator listening on {}", simulator.base_url());
+    println!("ibm-cloud-sim listening on {}", simulator.base_url());
     wait_for_signal().await?;
     tracing::info!("IBM Cloud simulator shutting down");
     simulator.shutdown().await;
@@ -417,7 +438,7 @@ mod tests {
 
     #[test]
     fn example_seed_parses() {
-        let seed = Seed::from_yaml(include_str!("../../examples/seed.yaml")).unwrap();
+        let seed = Seed::from_yaml(include_str!("../../../examples/seed.yaml")).unwrap();
         assert_eq!(seed.token_ttl_seconds, 3600);
         let names: Vec<&str> = seed
             .accounts
