@@ -74,9 +74,11 @@ chart-lint:
 crd-copies:
 	cp $(CRD_FILE) $(CHART)/crds/ && cp $(CRD_FILE) deploy/crds/
 
-## Tools the tests install on first use: the Helm engine for Python.
+## Tools the tests install on first use: the Helm engine for Python, cel-python, kubernetes-validate.
 tools:
 	python3 -c 'import helm_python' 2>/dev/null || python3 -m pip install --quiet helm-python-sdk
+	python3 -c 'import celpy' 2>/dev/null || python3 -m pip install --quiet cel-python
+	python3 -c 'import kubernetes_validate' 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
 
 # --- Benchmarks (not part of `make test`: they print figures, they do not pass or fail on time). ---
 .PHONY: bench
