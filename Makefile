@@ -9,7 +9,7 @@ CRD_FILE := crds/ingestionkeyrequests.keysync.dev.yaml
 # otherwise built once by hack/envtest-assets.sh and cached outside the repository.
 ASSETS_SCRIPT := hack/envtest-assets.sh
 
-.PHONY: build assets test fmt fmt-check lint unit-and-integration crd-check crds
+.PHONY: build assets test test-unit test-integration fmt fmt-check lint unit-and-integration crd-check crds
 
 build:
 	$(CARGO) build --all-targets --workspace
@@ -21,6 +21,14 @@ assets:
 ## Everything (the whole workspace: the operator and crates/ibm-cloud-sim): formatting, clippy,
 ## the CRD drift check, unit, integration and doc tests.
 test: fmt-check lint crd-check unit-and-integration
+
+## Tier 1: unit tests of both crates. No control plane, no network, no Python: seconds.
+test-unit:
+	$(CARGO) test --workspace --lib --bins
+
+## Tiers 2 and 3: the in-process reconciler tests (tests/reconciler.rs) and everything else under
+## tests/ (IBM client over HTTP, the operator binary end to end, packaging, the demo).
+test-integration: unit-and-integration
 
 fmt:
 	$(CARGO) fmt --all
@@ -47,7 +55,7 @@ crds:
 	$(CARGO) run -q -- crd > $(CRD_FILE).tmp && mv $(CRD_FILE).tmp $(CRD_FILE)
 
 # --- Packaging and the demo (README). ---
-.PHONY: demo demo-once sim chart-lint crd-copies tools
+.PHONY: demo demo-once sim chart-lint crd-copies tools deploy
 CHART := charts/ingestion-key-operator
 
 ## The local demo: control plane + IBM Cloud simulator + the operator, until Ctrl-C.
@@ -69,6 +77,10 @@ chart-lint:
 	python3 hack/helm.py render $(CHART) >/dev/null
 	python3 hack/helm.py lint $(CHART) --values-json '{"watchNamespaces":["ibm-observe"],"ibmCloud":{"endpoints":"private"},"metrics":{"serviceMonitor":{"enabled":true}}}'
 	kubectl kustomize deploy/ >/dev/null
+
+## Regenerates deploy/ (kustomize) from the chart's defaults (tests/packaging.rs checks they agree).
+deploy:
+	python3 hack/deploy-from-chart.py
 
 ## Copies crds/ into the chart and deploy/ (byte-identical copies; tests/packaging.rs checks them).
 crd-copies:

@@ -1,20 +1,24 @@
-//! The command line: `run`, `crd` (see the contract). Wiring only.
+//! The command line: `run` and `crd` (docs/reference.md lists the flags). Wiring only.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use clap::{Args, Parser, Subcommand};
 use kube::{Api, CustomResourceExt, api::ListParams};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
     crd::{IngestionKeyRequest, parse_duration},
     ibm::{ClientConfig, Endpoints, IbmCloud, IbmError},
+    leader::{Elector, LeaseLost, LeaseTimings},
     metrics::Metrics,
     reconciler::{self, Context, Settings},
     telemetry::{self, LogFormat},
@@ -74,7 +78,21 @@ pub struct RunArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// Take part in leader election (a Lease named ingestion-key-operator): only the leader
+    /// reconciles; the others stand by, ready, and take over when it goes.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease. Default: the pod's own namespace (POD_NAMESPACE, else the
+    /// service account's).
+    #[arg(long, value_name = "NS")]
+    pub leader_election_namespace: Option<String>,
+    /// Process-wide budget of IBM Cloud requests per second.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ibm_max_rps: u32,
 }
+
+/// Name of the leader Lease.
+pub const LEASE_NAME: &str = "ingestion-key-operator";
 
 fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 30s, 5m or 1h"))
@@ -97,6 +115,93 @@ pub enum CliError {
     },
     #[error("could not render the CRD as YAML: {0}")]
     CrdYaml(String),
+    #[error(
+        "--leader-elect needs the Lease namespace: set --leader-election-namespace or POD_NAMESPACE"
+    )]
+    LeaseNamespaceUnknown,
+    #[error("stopped reconciling at once: {0}")]
+    LeadershipLost(#[from] LeaseLost),
+}
+
+/// The leader-election candidate of this process, named after its pod (POD_NAME) or host.
+fn elector(client: kube::Client, namespace: Option<String>) -> Result<Elector, CliError> {
+    let namespace = namespace
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .ok_or(CliError::LeaseNamespaceUnknown)?;
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "ingestion-key-operator".into());
+    // The pid keeps two processes on one host (tests, a restart) apart.
+    let identity = format!("{host}_{}", std::process::id());
+    Ok(Elector::new(
+        client,
+        &namespace,
+        LEASE_NAME,
+        identity,
+        LeaseTimings::default(),
+    ))
+}
+
+/// Reconciles until shutdown; with an elector, only while holding the lease. A standby is ready
+/// (so that rolling updates proceed); losing the lease stops everything at once, as another
+/// replica may already reconcile; a graceful shutdown releases it for the next leader.
+async fn reconcile_when_leading(
+    ctx: Arc<Context>,
+    elector: Option<Elector>,
+    ready: Arc<AtomicBool>,
+    shutdown: reconciler::Shutdown,
+) -> Result<(), CliError> {
+    let metrics = ctx.metrics.clone();
+    let Some(elector) = elector else {
+        metrics.set_leader(true);
+        bounded(reconciler::run(ctx, ready, shutdown.clone()), shutdown).await;
+        return Ok(());
+    };
+    ready.store(true, Ordering::Release);
+    info!(
+        identity = elector.identity(),
+        "standing by for the leader lease"
+    );
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = shutdown.clone() => return Ok(()),
+    }
+    metrics.set_leader(true);
+    let running = reconciler::run(ctx, Arc::new(AtomicBool::new(false)), shutdown.clone());
+    let result = tokio::select! {
+        () = bounded(running, shutdown) => Ok(()),
+        lost = elector.hold() => Err(CliError::LeadershipLost(lost)),
+    };
+    metrics.set_leader(false);
+    if result.is_ok() {
+        elector.release().await;
+    }
+    result
+}
+
+/// How long running reconciles may take to finish after the shutdown signal. Stopping in the
+/// middle of one is safe (every step resumes from status), and a short bound hands over to the
+/// next leader quickly, well within the pod's termination grace period.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `work` until it ends, or until [`SHUTDOWN_GRACE`] after the shutdown signal.
+async fn bounded(work: impl std::future::Future<Output = ()>, shutdown: reconciler::Shutdown) {
+    let deadline = async {
+        shutdown.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        () = work => {}
+        () = deadline => warn!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "reconciles still running after the shutdown grace; stopping them (they resume from status)"
+        ),
+    }
 }
 
 /// The CRD as YAML, exactly as `crds/ingestionkeyrequests.keysync.dev.yaml` holds it.
@@ -118,7 +223,13 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
 async fn run(args: RunArgs) -> Result<(), CliError> {
     telemetry::init(args.log_format);
     let endpoints = Endpoints::new(&args.iam_endpoint, &args.resource_controller_endpoint)?;
-    let ibm = IbmCloud::new(endpoints, ClientConfig::default())?;
+    let ibm = IbmCloud::new(
+        endpoints,
+        ClientConfig {
+            max_rps: args.ibm_max_rps,
+            ..ClientConfig::default()
+        },
+    )?;
     let client = kube::Client::try_default()
         .await
         .map_err(CliError::KubeClient)?;
@@ -147,12 +258,19 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         key_creation_grace: args.key_creation_grace,
         concurrency: args.concurrency,
     };
+    let elector = match args.leader_elect {
+        true => Some(elector(
+            client.clone(),
+            args.leader_election_namespace.clone(),
+        )?),
+        false => None,
+    };
     let ctx = Arc::new(Context::new(client, ibm.clone(), metrics.clone(), settings));
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = reconciler::shutdown_on_signals();
     let render = {
         let metrics = metrics.clone();
-        Arc::new(move || metrics.render(&ibm.request_counts()))
+        Arc::new(move || metrics.render(&ibm.request_counts(), ibm.budget_stats()))
     };
     let admin = admin::serve(
         listener,
@@ -167,8 +285,9 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     } else {
         args.namespaces.join(",")
     };
-    info!(version = env!("CARGO_PKG_VERSION"), admin_addr = %args.admin_addr, namespaces = %scope, "starting ingestion-key-operator");
-    tokio::join!(reconciler::run(ctx, ready, shutdown), admin);
+    info!(version = env!("CARGO_PKG_VERSION"), admin_addr = %args.admin_addr, namespaces = %scope, leader_elect = args.leader_elect, "starting ingestion-key-operator");
+    let (result, ()) = tokio::join!(reconcile_when_leading(ctx, elector, ready, shutdown), admin);
+    result?;
     info!("stopped");
     Ok(())
 }

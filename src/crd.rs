@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "keysync.dev";
 /// Finalizer that guards the IBM Cloud resource key.
 pub const FINALIZER: &str = "keysync.dev/resource-key";
+/// Finalizer the operator keeps on an API key Secret while a request may still need that API
+/// key to delete its resource key.
+pub const API_KEY_FINALIZER: &str = "keysync.dev/api-key-in-use";
 /// Server-side apply field manager, and the name events are reported under.
 pub const FIELD_MANAGER: &str = "ingestion-key-operator";
 /// Label put on every Secret the operator writes.
@@ -232,6 +235,10 @@ pub struct IngestionKeyRequestStatus {
     /// When the Secret was last confirmed to hold the current credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    /// Set while the request is being deleted, once its keys are deleted in IBM Cloud: it no
+    /// longer needs the API key Secret.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keys_deleted: bool,
 }
 
 /// The resolved IBM Cloud service instance.

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod crd;
 pub mod ibm;
+pub mod leader;
 pub mod metrics;
 pub mod reconciler;
 pub mod redact;

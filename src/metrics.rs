@@ -1,7 +1,17 @@
 //! Reconcile metrics in the Prometheus text format. A handful of counters and one histogram do
 //! not justify a metrics crate; the format is simple and tested here.
 
-use std::{collections::BTreeMap, fmt::Write, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::ibm::BudgetStats;
 
 const PREFIX: &str = "ingestion_key_operator";
 /// Upper bounds (seconds) of the reconcile duration histogram.
@@ -22,6 +32,8 @@ pub struct Metrics {
     reconciles: Mutex<BTreeMap<&'static str, u64>>,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     duration: Mutex<Histogram>,
+    /// Whether this process reconciles (holds the leader lease, or runs without election).
+    leader: AtomicBool,
 }
 
 impl Metrics {
@@ -47,6 +59,10 @@ impl Metrics {
         histogram.sum += seconds;
     }
 
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+
     /// Failures recorded for `reason` so far.
     pub fn failures(&self, reason: &str) -> u64 {
         lock(&self.failures).get(reason).copied().unwrap_or(0)
@@ -54,8 +70,16 @@ impl Metrics {
 
     /// The Prometheus text exposition of these metrics plus the IBM Cloud request counts
     /// (`((endpoint, status), count)`, as the IBM client reports them).
-    pub fn render(&self, ibm_requests: &[((String, String), u64)]) -> String {
+    pub fn render(&self, ibm_requests: &[((String, String), u64)], budget: BudgetStats) -> String {
         let mut out = String::new();
+        header(
+            &mut out,
+            "leader",
+            "gauge",
+            "1 when this replica reconciles (it holds the leader lease), 0 while it stands by.",
+        );
+        let leader = u8::from(self.leader.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{PREFIX}_leader {leader}");
         header(
             &mut out,
             "reconcile_total",
@@ -121,6 +145,28 @@ impl Metrics {
                 "{PREFIX}_ibm_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
             );
         }
+        header(
+            &mut out,
+            "ibm_budget_delayed_requests_total",
+            "counter",
+            "IBM Cloud requests that waited for the process-wide rate budget (--ibm-max-rps).",
+        );
+        let _ = writeln!(
+            out,
+            "{PREFIX}_ibm_budget_delayed_requests_total {}",
+            budget.delayed_requests
+        );
+        header(
+            &mut out,
+            "ibm_rate_limit_paused_seconds_total",
+            "counter",
+            "Seconds IBM Cloud requests waited because IBM Cloud answered 429 for their API key.",
+        );
+        let _ = writeln!(
+            out,
+            "{PREFIX}_ibm_rate_limit_paused_seconds_total {}",
+            budget.paused_millis as f64 / 1000.0
+        );
         out
     }
 }
@@ -146,7 +192,18 @@ mod tests {
         let metrics = Metrics::default();
         metrics.observe_reconcile(Duration::from_millis(30), None);
         metrics.observe_reconcile(Duration::from_secs(3), Some("InstanceNotFound"));
-        let text = metrics.render(&[(("POST /identity/token".into(), "200".into()), 2)]);
+        metrics.set_leader(true);
+        let budget = BudgetStats {
+            delayed_requests: 3,
+            paused_millis: 1500,
+        };
+        let text = metrics.render(
+            &[(("POST /identity/token".into(), "200".into()), 2)],
+            budget,
+        );
+        assert!(text.contains("ingestion_key_operator_leader 1\n"));
+        assert!(text.contains("ingestion_key_operator_ibm_budget_delayed_requests_total 3\n"));
+        assert!(text.contains("ingestion_key_operator_ibm_rate_limit_paused_seconds_total 1.5\n"));
         assert!(text.contains("ingestion_key_operator_reconcile_total{result=\"success\"} 1"));
         assert!(text.contains("ingestion_key_operator_reconcile_total{result=\"error\"} 1"));
         assert!(text.contains(

@@ -96,6 +96,8 @@ fn fast_config() -> ClientConfig {
         max_retries: 3,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_secs(2),
+        // High enough that the budget never paces these tests (its own test sets it low).
+        max_rps: 1000,
     }
 }
 
@@ -887,6 +889,81 @@ async fn rate_limit_window_is_waited_out() {
         started.elapsed()
     );
     assert_eq!(env.sim.call_count(LIST), 2 + 4);
+}
+
+#[tokio::test]
+async fn a_long_rate_limit_pauses_every_call_with_that_api_key_until_the_time_named() {
+    let env = env().await;
+    for api_key in [MANAGER, READER] {
+        env.client
+            .get_instance(&key(api_key), AT_GUID)
+            .await
+            .unwrap(); // tokens cached
+    }
+    env.sim.set_faults(Faults {
+        error_status: 429,
+        retry_after_seconds: Some(600),
+        matching: Some(LIST.into()),
+        fail_count: Some(1),
+        ..Faults::default()
+    });
+    env.sim.reset_calls();
+    let q = InstanceQuery::by_name("my-log-analysis");
+    let started = Instant::now();
+    let err = env
+        .client
+        .find_instances_by_name(&key(MANAGER), &q)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a 10-minute pause is not slept through inside a call: {:?}",
+        started.elapsed()
+    );
+    let retry_at = err.retry_at.expect("the time IBM named");
+    let ahead = retry_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(ahead > Duration::from_secs(590), "{ahead:?}");
+    assert!(err.to_string().contains("asks to wait until"), "{err}");
+
+    // The same API key: not even sent, whatever the endpoint.
+    let err = env
+        .client
+        .get_instance(&key(MANAGER), AT_GUID)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert_eq!(err.retry_at, Some(retry_at));
+    assert_eq!(env.sim.call_count(LIST), 1);
+    assert_eq!(env.sim.call_count("GET /v2/resource_instances/{id}"), 0);
+
+    // Another API key is another caller.
+    env.client
+        .get_instance(&key(READER), AT_GUID)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn requests_are_paced_to_the_process_budget() {
+    let env = env_with(
+        "",
+        ClientConfig {
+            max_rps: 5,
+            ..fast_config()
+        },
+    )
+    .await;
+    let client = &env.client;
+    let started = Instant::now();
+    for _ in 0..15 {
+        client.get_instance(&key(MANAGER), AT_GUID).await.unwrap();
+    }
+    // 16 requests (a token exchange and 15 reads): a burst of 5, then 200 ms apart.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(2000), "{elapsed:?}");
+    assert_eq!(client.budget_stats().delayed_requests, 11);
 }
 
 #[tokio::test]

@@ -134,7 +134,18 @@ fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<Stri
     }
 }
 
+/// Drops what the 1.20 test server cannot serve: `policy/v1` PodDisruptionBudgets (1.21+; the
+/// schemas of 1.27-1.33 check them, in tests/schemas.rs).
+fn for_the_test_server(manifests: &str) -> String {
+    manifests
+        .split("\n---")
+        .filter(|doc| !doc.contains("kind: PodDisruptionBudget"))
+        .collect::<Vec<_>>()
+        .join("\n---")
+}
+
 fn apply(cp: &ControlPlane, manifests: &str) {
+    let manifests = for_the_test_server(manifests);
     kubectl(
         cp,
         &[
@@ -145,7 +156,7 @@ fn apply(cp: &ControlPlane, manifests: &str) {
             "-f",
             "-",
         ],
-        Some(manifests),
+        Some(&manifests),
     )
     .unwrap_or_else(|e| panic!("{e}"));
 }
@@ -414,19 +425,45 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ]
         .iter()
         .map(|k| format!(
             "{k}/{}",
-            if *k == "Service" {
-                format!("{fullname}-metrics")
-            } else {
-                fullname.clone()
+            match *k {
+                "Service" => format!("{fullname}-metrics"),
+                "Role" | "RoleBinding" => format!("{fullname}-leader-election"),
+                _ => fullname.clone(),
             }
         ))
         .collect::<Vec<_>>()
+    );
+    // Two replicas with leader election, rolled one at a time, kept through drains, spread.
+    let deployment = find(&objs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let args = deployment_args(&objs);
+    assert!(args.contains(&"--leader-elect".to_string()), "{args:?}");
+    assert!(
+        args.contains(&format!("--leader-election-namespace={ns}")),
+        "{args:?}"
+    );
+    assert_eq!(
+        find(&objs, "PodDisruptionBudget")["spec"]["minAvailable"],
+        1
+    );
+    assert!(
+        deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+            ["preferredDuringSchedulingIgnoredDuringExecution"]
+            .is_array()
     );
 
     // The Deployment: hardened, probed, bounded, public endpoints, every namespace.
@@ -466,7 +503,13 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
     assert_eq!(container["image"], "ingestion-key-operator:0.1.0");
     assert_eq!(
         deployment_args(&objs),
-        ["run", "--admin-addr=0.0.0.0:8080", "--log-format=json"]
+        [
+            "run".to_string(),
+            "--admin-addr=0.0.0.0:8080".into(),
+            "--log-format=json".into(),
+            "--leader-elect".into(),
+            format!("--leader-election-namespace={ns}"),
+        ]
     );
     assert_eq!(
         deployment_env(&objs, "IBMCLOUD_IAM_ENDPOINT")["value"],
@@ -496,24 +539,26 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
             "-f",
             "-",
         ],
-        Some(&manifests),
+        Some(&for_the_test_server(&manifests)),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     apply(cp, &manifests);
+    let other = cp.namespace("chart-default-other").await;
     assert_operator_rights(
         cp,
         &format!("system:serviceaccount:{ns}:{fullname}"),
-        &ns,
+        &other,
         true,
     );
-    let other = cp.namespace("chart-default-other").await;
+    // In its own namespace, the Lease rights on top (leader election).
+    let mut own = operator_rules();
+    own.insert(
+        "leases.coordination.k8s.io".into(),
+        BTreeSet::from(["create".to_string(), "get".into(), "update".into()]),
+    );
     assert_eq!(
-        rules_of(
-            cp,
-            &format!("system:serviceaccount:{ns}:{fullname}"),
-            &other
-        ),
-        operator_rules()
+        rules_of(cp, &format!("system:serviceaccount:{ns}:{fullname}"), &ns),
+        own
     );
 }
 
@@ -555,10 +600,31 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
             kinds(&objs)
         );
     }
+    // The leader-election Role is in the release namespace, for its Lease only.
+    let lease_role = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == "Role" && o["metadata"]["name"] == format!("{fullname}-leader-election")
+        })
+        .expect("the leader-election Role");
+    assert_eq!(lease_role["metadata"]["namespace"], ns.as_str());
+    assert_eq!(
+        lease_role["rules"],
+        json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["ingestion-key-operator"], "verbs": ["get", "update"]},
+        ])
+    );
+    let is_lease_rbac = |o: &&Value| {
+        o["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-leader-election"))
+    };
     for kind in ["Role", "RoleBinding"] {
         let namespaces: BTreeSet<&str> = objs
             .iter()
             .filter(|o| o["kind"] == kind)
+            .filter(|o| !is_lease_rbac(o))
             .map(|o| o["metadata"]["namespace"].as_str().unwrap())
             .collect();
         assert_eq!(
@@ -573,6 +639,8 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
             "run".to_string(),
             "--admin-addr=0.0.0.0:8080".into(),
             "--log-format=text".into(),
+            "--leader-elect".into(),
+            format!("--leader-election-namespace={ns}"),
             format!("--namespace={}", watched[0]),
             format!("--namespace={}", watched[1]),
             "--concurrency=4".into(),
@@ -613,8 +681,11 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     );
     assert_eq!(
         rules_of(cp, &sa, &ns),
-        BTreeMap::new(),
-        "rights in the operator's own namespace"
+        BTreeMap::from([(
+            "leases.coordination.k8s.io".to_string(),
+            BTreeSet::from(["create".to_string(), "get".into(), "update".into()]),
+        )]),
+        "rights in the operator's own namespace: its Lease only"
     );
     for (verb, resource) in [
         ("get", "secrets"),
@@ -705,7 +776,13 @@ async fn the_operator_works_with_only_the_rights_the_chart_grants() {
     let token = token.into_inner().unwrap();
     let kubeconfig = cp.kubeconfig_for_token(&release, &token);
 
-    let env = fixtures::Env::in_namespace(watched, &kubeconfig, &[]).await;
+    // With leader election, as the chart runs it: the Lease rights are the chart's too.
+    let lease_args = [
+        "--leader-elect",
+        "--leader-election-namespace",
+        operator_ns.as_str(),
+    ];
+    let env = fixtures::Env::in_namespace(watched, &kubeconfig, &lease_args).await;
     env.keep_secret(&token);
     env.api_key_secret("ibmcloud-api-key", fixtures::MANAGER_KEY)
         .await;
@@ -807,14 +884,14 @@ async fn kustomize_base_matches_the_chart_defaults_and_applies() {
         );
     }
 
-    // `kubectl apply -k deploy/` (--validate=false for this 1.20 server: see deploy/kustomization.yaml).
-    // The CRD may exist already (other tests): this apply then updates it.
+    // `kubectl apply -k deploy/` (--validate=false for this 1.20 server: see
+    // deploy/kustomization.yaml), less what 1.20 cannot serve (the policy/v1 PDB). The CRD may
+    // exist already (other tests): this apply then updates it.
     install_crd(cp);
-    let deploy = root().join("deploy");
     kubectl(
         cp,
-        &["apply", "--validate=false", "-k", deploy.to_str().unwrap()],
-        None,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&for_the_test_server(&built)),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     wait_established(cp, "crd/ingestionkeyrequests.keysync.dev");

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use ingestion_key_operator::simulator::{Seed, Simulator};
+use ibm_cloud_sim::{Seed, Simulator};
 use ingestion_key_operator::{
     crd::{IngestionKeyRequest, READY_CONDITION},
     ibm::{

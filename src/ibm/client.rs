@@ -12,6 +12,7 @@ use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
+use super::budget::{Budget, BudgetStats};
 use super::endpoints::Endpoints;
 use super::error::{ErrorKind, IbmError};
 use super::model::{
@@ -44,6 +45,8 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// First exponential back-off step (doubled on every retry, with jitter).
     pub initial_backoff: Duration,
+    /// Process-wide budget of IBM Cloud requests per second.
+    pub max_rps: u32,
 }
 
 impl Default for ClientConfig {
@@ -53,6 +56,7 @@ impl Default for ClientConfig {
             max_retries: 4,
             max_backoff: Duration::from_secs(30),
             initial_backoff: Duration::from_millis(500),
+            max_rps: 10,
         }
     }
 }
@@ -69,6 +73,7 @@ struct Inner {
     endpoints: Endpoints,
     config: ClientConfig,
     tokens: TokenCache,
+    budget: Budget,
     counts: Mutex<BTreeMap<(String, String), u64>>,
     token_exchanges: AtomicU64,
     /// Test hook: milliseconds added to the monotonic clock used by the token cache.
@@ -149,8 +154,9 @@ impl IbmCloud {
             inner: Arc::new(Inner {
                 http,
                 endpoints,
-                config,
                 tokens: TokenCache::default(),
+                budget: Budget::new(config.max_rps),
+                config,
                 counts: Mutex::new(BTreeMap::new()),
                 token_exchanges: AtomicU64::new(0),
                 clock_offset_ms: AtomicU64::new(0),
@@ -482,13 +488,22 @@ impl IbmCloud {
         let config = &self.inner.config;
         let mut attempt = 0u32;
         let mut reauthenticated = false;
+        // Whose rate limit this request counts against: the API key of the call, or the one in
+        // the form of a token exchange.
+        let caller = match (&request.body, api_key) {
+            (Body::Form(key), _) | (_, Some(key)) => Some(key.digest_hex()),
+            _ => None,
+        };
         loop {
+            self.respect_pause(request, caller.as_deref(), attempt)
+                .await?;
             let token = match api_key {
                 // Boxed: `token` may exchange, which calls `execute` again.
                 Some(key) => Some(Box::pin(self.token(key)).await?),
                 None => None,
             };
-            let (error, hint, retryable) = match self.send_once(request, token.as_ref()).await {
+            self.inner.budget.slot().await;
+            let (mut error, hint, retryable) = match self.send_once(request, token.as_ref()).await {
                 Ok(reply) if (200..300).contains(&reply.status) => return Ok(reply),
                 Ok(reply) => {
                     if let (401, Some(key), Some(token), false) =
@@ -527,14 +542,30 @@ impl IbmCloud {
             if let Some(t) = &token {
                 secrets.push(t.expose());
             }
+            if error.kind == ErrorKind::RateLimited
+                && let Some(caller) = &caller
+            {
+                // However long IBM asks for: every call with this API key waits until then.
+                let wait = hint.unwrap_or_else(|| {
+                    retry::backoff(attempt, config.initial_backoff, config.max_backoff)
+                });
+                let until = SystemTime::now() + wait;
+                self.inner.budget.pause(caller, until);
+                error.retry_at = Some(until);
+                if wait > config.max_backoff {
+                    return Err(error.scrub(&secrets));
+                }
+            }
             let error = error.scrub(&secrets);
             if !retryable || attempt >= config.max_retries {
                 debug!(operation = request.operation, attempt, transient = error.is_transient(), error = %error, "IBM Cloud request failed");
                 return Err(error);
             }
-            let delay = match hint {
-                Some(server_delay) => server_delay.min(config.max_backoff),
-                None => retry::backoff(attempt, config.initial_backoff, config.max_backoff),
+            let delay = match (error.retry_at, hint) {
+                // The pause is waited out at the top of the loop.
+                (Some(_), _) => Duration::ZERO,
+                (None, Some(server_delay)) => server_delay.min(config.max_backoff),
+                (None, None) => retry::backoff(attempt, config.initial_backoff, config.max_backoff),
             };
             info!(
                 operation = request.operation,
@@ -547,6 +578,45 @@ impl IbmCloud {
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+
+    /// Before a request with an API key that IBM Cloud paused (429): waits out a short pause, and
+    /// fails at once with the time IBM named when the pause is long or no retry is left.
+    async fn respect_pause(
+        &self,
+        request: &Request,
+        caller: Option<&str>,
+        attempt: u32,
+    ) -> Result<(), IbmError> {
+        let Some(caller) = caller else {
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let Some(until) = self.inner.budget.paused_until(caller, now) else {
+            return Ok(());
+        };
+        let left = until.duration_since(now).unwrap_or(Duration::ZERO);
+        if left <= self.inner.config.max_backoff && attempt <= self.inner.config.max_retries {
+            debug!(
+                operation = request.operation,
+                wait_ms = left.as_millis() as u64,
+                "waiting out an IBM Cloud rate-limit pause"
+            );
+            self.inner.budget.wait_out(left).await;
+            return Ok(());
+        }
+        let mut error = IbmError::new(
+            request.operation,
+            ErrorKind::RateLimited,
+            "not sent: IBM Cloud rate-limited this API key",
+        );
+        error.retry_at = Some(until);
+        Err(error)
+    }
+
+    /// What the process-wide rate budget did so far.
+    pub fn budget_stats(&self) -> BudgetStats {
+        self.inner.budget.stats()
     }
 
     /// One HTTP exchange. On failure, also says whether the request may have reached the server.
@@ -700,6 +770,7 @@ fn parse_json<T: DeserializeOwned>(operation: &'static str, reply: &Reply) -> Re
             e.column()
         ),
         transaction_id: reply.transaction_id().map(str::to_owned),
+        retry_at: None,
     })
 }
 

@@ -82,6 +82,9 @@ pub struct IbmError {
     pub message: String,
     /// `Transaction-Id` header or `transaction_id` body field: what IBM support asks for.
     pub transaction_id: Option<String>,
+    /// After a 429: the time IBM Cloud asked this caller to wait until. Nothing is sent with the
+    /// same API key before then.
+    pub retry_at: Option<std::time::SystemTime>,
 }
 
 /// Longest server-provided message kept in an error: bodies can be whole HTML pages.
@@ -97,6 +100,7 @@ impl IbmError {
             code: None,
             message: message.into(),
             transaction_id: None,
+            retry_at: None,
         }
     }
 
@@ -150,6 +154,7 @@ impl IbmError {
             code,
             message: truncate(&message),
             transaction_id: header_txn.or(body_txn),
+            retry_at: None,
         }
     }
 
@@ -188,6 +193,13 @@ impl fmt::Display for IbmError {
         write!(f, ": {}", self.message)?;
         if let Some(txn) = &self.transaction_id {
             write!(f, " (transaction id {txn})")?;
+        }
+        if let Some(at) = self.retry_at {
+            write!(
+                f,
+                "; IBM Cloud asks to wait until {}",
+                httpdate::fmt_http_date(at)
+            )?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! ids only.
 
 mod api;
+mod budget;
 mod client;
 mod endpoints;
 mod error;
@@ -15,6 +16,7 @@ mod token;
 
 pub use crate::redact::SecretString;
 pub use api::IbmApi;
+pub use budget::BudgetStats;
 pub use client::{ClientConfig, IbmCloud, next_page_url};
 pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};

@@ -12,7 +12,7 @@ use kube::{
 use tracing::info;
 
 use super::{
-    Context, ReconcileError, event_reason, instance,
+    Context, ReconcileError, api_key, event_reason, instance,
     keys::{self, Access, KeyLookup},
     lock, reason,
     secret::{self, SecretOutcome},
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     crd::{IngestionKeyRequest, READY_CONDITION, validate},
-    ibm::{CredentialError, ResourceKey},
+    ibm::{CredentialError, ResourceInstance, ResourceKey},
     redact::SecretString,
     render::{SecretOwnership, needs_update, ownership, render_secret, stored_credential},
 };
@@ -30,7 +30,7 @@ pub(super) async fn apply(
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
     let valid = validate(request)?;
-    let api_key = read_api_key(ctx, request).await?;
+    let (api_key, api_key_secret) = api_key::read(ctx, request).await?;
     let previous_api_key =
         lock(&ctx.last_api_keys).insert(ObjectRef::from_obj(request), api_key.clone());
     if previous_api_key.as_ref() == Some(&api_key)
@@ -49,6 +49,8 @@ pub(super) async fn apply(
     };
     let instance = instance::resolve(ctx, &api_key, &valid.instance, access.secret_name).await?;
     let existing_secret = secret::target(ctx, request).await?;
+    // From here on a key may exist: the API key must outlive the request (namespace deletion).
+    api_key::hold(ctx, request, &api_key_secret).await?;
     let (key, replaced) = match keys::ensure_key(ctx, request, &access, &instance, &valid.key_name)
         .await?
     {
@@ -68,6 +70,22 @@ pub(super) async fn apply(
     report_secret(ctx, request, outcome, &key, &fingerprint).await;
     // Only now that the Secret holds the new key may the one it replaces go.
     keys::retire_replaced(ctx, request, &api_key, replaced.as_ref(), &key).await;
+    record_synced(ctx, request, &instance, &key, &fingerprint).await?;
+    info!(reason = reason::KEY_SYNCED, secret = %request.spec.secret.name, key_fingerprint = %fingerprint, ?outcome, "reconciled");
+    Ok(Action::requeue(super::jitter(
+        valid.refresh_interval,
+        &ObjectRef::from_obj(request),
+    )))
+}
+
+/// Ready=True, with what the Secret now holds; remembered for the next reconcile's fast path.
+async fn record_synced(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    instance: &ResourceInstance,
+    key: &ResourceKey,
+    fingerprint: &str,
+) -> Result<(), ReconcileError> {
     let message = format!(
         "Secret {} holds {} of resource key {} on instance {}",
         request.spec.secret.name,
@@ -75,12 +93,9 @@ pub(super) async fn apply(
         key.name,
         instance.name
     );
-    status::synced(ctx, request, &instance, &fingerprint, message).await?;
-    info!(reason = reason::KEY_SYNCED, secret = %request.spec.secret.name, key_fingerprint = %fingerprint, ?outcome, "reconciled");
-    Ok(Action::requeue(super::jitter(
-        valid.refresh_interval,
-        &ObjectRef::from_obj(request),
-    )))
+    status::synced(ctx, request, instance, fingerprint, message).await?;
+    ctx.remember_sync(request, fingerprint);
+    Ok(())
 }
 
 /// The configured credential field of the key, or the error that says why it cannot be used.
@@ -138,6 +153,26 @@ async fn report_secret(
     ctx.publish(request, EventType::Normal, reason, note).await;
 }
 
+/// The fingerprint the request was last synced to, and how long ago: from its status when that
+/// says Ready for this generation, else from the operator's memory of its own last sync (the
+/// status seen by a reconcile can lag behind the operator's last write by a watch event).
+fn last_sync(ctx: &Context, request: &IngestionKeyRequest) -> Option<(String, Duration)> {
+    let from_status = request.status.as_ref().and_then(|status| {
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == READY_CONDITION && c.status == "True");
+        let current = ready
+            && status.observed_generation == request.metadata.generation
+            && status.pending_key_creation.is_none();
+        let fingerprint = status.key_fingerprint.clone().filter(|_| current)?;
+        let at = status.last_sync_time.as_ref()?.0;
+        let age = Duration::try_from(Timestamp::now().duration_since(at)).unwrap_or(Duration::MAX);
+        Some((fingerprint, age))
+    });
+    from_status.or_else(|| ctx.remembered_sync(request))
+}
+
 /// How long the request stays in sync without asking IBM Cloud: it is Ready for its current
 /// generation, its refresh is not due, and its Secret still holds the synced credential. Reconciles
 /// triggered by the operator's own status writes or by unrelated updates then cost one Secret read
@@ -147,25 +182,9 @@ async fn in_sync_for(
     request: &IngestionKeyRequest,
     refresh_interval: Duration,
 ) -> Result<Option<Duration>, ReconcileError> {
-    let Some(status) = &request.status else {
+    let Some((fingerprint, age)) = last_sync(ctx, request) else {
         return Ok(None);
     };
-    let ready = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == READY_CONDITION && c.status == "True");
-    let (Some(fingerprint), Some(last_sync)) = (&status.key_fingerprint, &status.last_sync_time)
-    else {
-        return Ok(None);
-    };
-    if !ready
-        || status.observed_generation != request.metadata.generation
-        || status.pending_key_creation.is_some()
-    {
-        return Ok(None);
-    }
-    let age =
-        Duration::try_from(Timestamp::now().duration_since(last_sync.0)).unwrap_or(Duration::MAX);
     // Refreshes are spread by +-10%: one that fires early must still do the full sync.
     let due = refresh_interval.mul_f64(0.85);
     if age >= due {
@@ -186,43 +205,10 @@ async fn in_sync_for(
     let Some(stored) = stored_credential(&secret, &request.spec.secret.key) else {
         return Ok(None);
     };
-    if stored.fingerprint() != *fingerprint {
+    if stored.fingerprint() != fingerprint {
         return Ok(None);
     }
     let in_sync =
         render_secret(request, &stored).is_some_and(|desired| !needs_update(&secret, &desired));
     Ok(in_sync.then(|| refresh_interval.saturating_sub(age)))
-}
-
-/// Reads the API key from the referenced Secret, in the request's own namespace only.
-pub(super) async fn read_api_key(
-    ctx: &Context,
-    request: &IngestionKeyRequest,
-) -> Result<SecretString, ReconcileError> {
-    let reference = &request.spec.api_key_secret_ref;
-    let namespace = request.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = api
-        .get_opt(&reference.name)
-        .await
-        .map_err(ReconcileError::kube("read the API key Secret"))?;
-    let Some(secret) = secret else {
-        return Err(ReconcileError::ApiKeySecretNotFound {
-            name: reference.name.clone(),
-            key: reference.key.clone(),
-        });
-    };
-    let data = secret.data.unwrap_or_default();
-    let value = data
-        .get(&reference.key)
-        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
-        .map(str::trim) // `kubectl create secret --from-file` keeps the file's trailing newline
-        .filter(|value| !value.is_empty());
-    value
-        .map(SecretString::from)
-        .ok_or_else(|| ReconcileError::ApiKeyMissingInSecret {
-            name: reference.name.clone(),
-            key: reference.key.clone(),
-            present: data.keys().cloned().collect(),
-        })
 }

@@ -38,6 +38,8 @@ pub(super) async fn cleanup(
                 let reason = event_reason::RESOURCE_KEY_RETAINED;
                 ctx.publish(request, EventType::Normal, reason, note).await;
             }
+            super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name)
+                .await?;
             lock(&ctx.last_api_keys).remove(&reference);
             ctx.forget_events(request);
             info!(retain, "released; no resource key to delete");
@@ -65,6 +67,8 @@ pub(super) async fn cleanup(
     let deleted = delete_all(ctx, request, &api_key, recorded_key.as_ref(), search)
         .await
         .map_err(blocked)?;
+    super::status::keys_deleted(ctx, request).await?;
+    super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name).await?;
     lock(&ctx.last_api_keys).remove(&reference);
     ctx.forget_events(request);
     info!(deleted, "released (resource key deleted)");
@@ -78,8 +82,8 @@ async fn api_key_for_cleanup(
     request: &IngestionKeyRequest,
     reference: &ObjectRef<IngestionKeyRequest>,
 ) -> Option<SecretString> {
-    match super::apply::read_api_key(ctx, request).await {
-        Ok(key) => Some(key),
+    match super::api_key::read(ctx, request).await {
+        Ok((key, _)) => Some(key),
         Err(_) => lock(&ctx.last_api_keys).get(reference).cloned(),
     }
 }

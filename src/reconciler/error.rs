@@ -70,12 +70,15 @@ pub enum ReconcileError {
     #[error(
         "IAM rejected the API key in Secret {secret:?} ({source}): put a valid IBM Cloud API key in the Secret"
     )]
-    ApiKeyInvalid { secret: String, source: IbmError },
+    ApiKeyInvalid {
+        secret: String,
+        source: Box<IbmError>,
+    },
 
     #[error(
         "{source}: give the API key's identity platform Editor (or Operator) and service Manager roles on the instance"
     )]
-    PermissionDenied { source: IbmError },
+    PermissionDenied { source: Box<IbmError> },
 
     #[error(
         "the credentials of resource key {key_name:?} are REDACTED for this API key: its service role on the instance is lower than the key's role {role:?}; give it service role Manager (no further key is created until the spec or the API key changes)"
@@ -116,12 +119,12 @@ pub enum ReconcileError {
     SecretConflict { secret: String, detail: String },
 
     #[error("IBM Cloud is unavailable ({source}); retrying with back-off")]
-    IbmCloudUnavailable { source: IbmError },
+    IbmCloudUnavailable { source: Box<IbmError> },
 
     #[error("IBM Cloud refused to {action} ({source})")]
     IbmRequestRejected {
         action: &'static str,
-        source: IbmError,
+        source: Box<IbmError>,
     },
 
     #[error(
@@ -183,8 +186,17 @@ impl ReconcileError {
         reason::is_transient(self.reason())
     }
 
+    /// When IBM Cloud rate-limited the API key: the time it asked to wait until.
+    pub fn retry_at(&self) -> Option<std::time::SystemTime> {
+        match self {
+            Self::IbmCloudUnavailable { source } => source.retry_at,
+            _ => None,
+        }
+    }
+
     /// Maps an IBM Cloud error met while doing `action` to the stable reasons.
     pub fn from_ibm(action: &'static str, secret: &str, error: IbmError) -> Self {
+        let error = Box::new(error);
         if error.is_transient() {
             return Self::IbmCloudUnavailable { source: error };
         }
@@ -264,7 +276,7 @@ mod tests {
         );
         let rejected = ReconcileError::IbmRequestRejected {
             action: "x",
-            source: IbmError::new("x", ErrorKind::Gone, "m"),
+            source: Box::new(IbmError::new("x", ErrorKind::Gone, "m")),
         };
         assert_eq!(unavailable.reason(), reason::INVALID_SPEC);
         assert!(!unavailable.is_transient());

@@ -61,55 +61,54 @@ pub(super) async fn ensure_key(
     let key = match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
         KeyPlan::Wait(wait) => return Ok(KeyLookup::CreationInFlight(wait)),
         KeyPlan::Create => create(ctx, request, access, instance, key_name).await?,
-        KeyPlan::Use {
-            key,
-            record,
-            duplicates,
-            others,
-        } => {
-            if others > 0 {
-                warn!(
-                    count = others + 1,
-                    key_name,
-                    "several active resource keys carry the configured name; using the oldest"
-                );
-            }
-            for duplicate in &duplicates {
-                let why = format!("a duplicate of {} ({})", key.name, key.guid);
-                let reason = event_reason::DUPLICATE_RESOURCE_KEY_DELETED;
-                let _ = delete_and_report(
-                    ctx,
-                    request,
-                    access.api_key,
-                    &duplicate.guid,
-                    &duplicate.name,
-                    reason,
-                    &why,
-                )
-                .await;
-            }
-            if record {
-                status::record_key(ctx, request, instance, &key).await?;
-                let note = format!(
-                    "reusing resource key {} ({}) on instance {}",
-                    key.name, key.guid, instance.name
-                );
-                ctx.publish(
-                    request,
-                    EventType::Normal,
-                    event_reason::RESOURCE_KEY_REUSED,
-                    note,
-                )
-                .await;
-            }
-            *key
-        }
+        found @ KeyPlan::Use { .. } => adopt(ctx, request, access, instance, found).await?,
     };
     let replaced = plan::replaced(&recorded, &key.guid).cloned();
     Ok(KeyLookup::Found {
         key: Box::new(key),
         replaced,
     })
+}
+
+/// Carries out [`KeyPlan::Use`]: deletes the duplicates it names, records the key if status
+/// does not name it yet, and returns it.
+async fn adopt(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    access: &Access<'_>,
+    instance: &ResourceInstance,
+    plan: KeyPlan,
+) -> Result<ResourceKey, ReconcileError> {
+    let KeyPlan::Use {
+        key,
+        record,
+        duplicates,
+        others,
+    } = plan
+    else {
+        return Err(ReconcileError::Unexpected(
+            "adopt called without a key".into(),
+        ));
+    };
+    if others > 0 {
+        warn!(count = others + 1, key_name = %key.name, "several active resource keys carry the configured name; using the oldest");
+    }
+    let reason = event_reason::DUPLICATE_RESOURCE_KEY_DELETED;
+    for duplicate in &duplicates {
+        let why = format!("a duplicate of {} ({})", key.name, key.guid);
+        let (guid, name) = (&duplicate.guid, &duplicate.name);
+        let _ = delete_and_report(ctx, request, access.api_key, guid, name, reason, &why).await;
+    }
+    if record {
+        status::record_key(ctx, request, instance, &key).await?;
+        let note = format!(
+            "reusing resource key {} ({}) on instance {}",
+            key.name, key.guid, instance.name
+        );
+        let reused = event_reason::RESOURCE_KEY_REUSED;
+        ctx.publish(request, EventType::Normal, reused, note).await;
+    }
+    Ok(*key)
 }
 
 /// Carries out a [`Lookup`]: at most one call (a key read, or one filtered listing).
@@ -147,6 +146,15 @@ async fn create(
     instance: &ResourceInstance,
     key_name: &str,
 ) -> Result<ResourceKey, ReconcileError> {
+    let attempt = CreationAttempt::of(request, access, instance, key_name);
+    if let Some(refused) = ctx.refused_creation(request, &attempt) {
+        // Asking again now would get the same answer; the back-off decides when to ask again.
+        return Err(ReconcileError::from_ibm(
+            "create resource key",
+            access.secret_name,
+            refused,
+        ));
+    }
     status::record_pending(ctx, request, key_name, instance).await?;
     let create = CreateKeyRequest {
         name: key_name.to_owned(),
@@ -158,6 +166,7 @@ async fn create(
         Err(error) => {
             if is_definite_refusal(&error) {
                 status::clear_pending(ctx, request).await?;
+                ctx.remember_refusal(request, attempt, error.clone());
             }
             return Err(ReconcileError::from_ibm(
                 "create resource key",
@@ -180,6 +189,31 @@ async fn create(
     .await;
     info!(key = %key.guid, "created resource key");
     Ok(key)
+}
+
+/// What a creation depends on: when none of it changed, a refused creation is refused again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct CreationAttempt {
+    generation: Option<i64>,
+    api_key_digest: String,
+    instance_guid: String,
+    key_name: String,
+}
+
+impl CreationAttempt {
+    fn of(
+        request: &IngestionKeyRequest,
+        access: &Access<'_>,
+        instance: &ResourceInstance,
+        key_name: &str,
+    ) -> Self {
+        Self {
+            generation: request.metadata.generation,
+            api_key_digest: access.api_key.digest_hex(),
+            instance_guid: instance.guid.clone(),
+            key_name: key_name.to_owned(),
+        }
+    }
 }
 
 /// IBM Cloud answered with a 4xx other than 429: the request was refused, no key exists.

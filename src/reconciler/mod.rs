@@ -5,6 +5,7 @@
 //! functions of `plan`) -> write the Secret (`secret`, rendered by the pure `crate::render`) ->
 //! status (`status`). Deletion (`cleanup`) deletes the key when the policy says so.
 
+mod api_key;
 mod apply;
 mod cleanup;
 pub mod error;
@@ -43,7 +44,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 pub use self::error::{ReconcileError, event_reason, reason};
 use crate::{
     crd::{FIELD_MANAGER, FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
-    ibm::{IbmApi, ResourceInstance},
+    ibm::{IbmApi, IbmError, ResourceInstance},
     metrics::Metrics,
     redact::SecretString,
 };
@@ -73,6 +74,16 @@ impl Default for Settings {
     }
 }
 
+/// In-memory state kept per request.
+type PerRequest<T> = Mutex<HashMap<ObjectRef<IngestionKeyRequest>, T>>;
+
+/// The operator's last successful sync of a request.
+struct LastSync {
+    generation: Option<i64>,
+    fingerprint: String,
+    at: Instant,
+}
+
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
     pub client: Client,
@@ -88,8 +99,15 @@ pub struct Context {
     instances: Mutex<HashMap<String, (ResourceInstance, Instant)>>,
     /// The last API key each request used, in memory only: lets deletion proceed when the API key
     /// Secret went first (namespace deletion removes both at once).
-    last_api_keys: Mutex<HashMap<ObjectRef<IngestionKeyRequest>, SecretString>>,
-    failures: Mutex<HashMap<ObjectRef<IngestionKeyRequest>, u32>>,
+    last_api_keys: PerRequest<SecretString>,
+    failures: PerRequest<u32>,
+    /// The last creation IBM Cloud refused (4xx) per request, and when: not asked again for the
+    /// same spec, API key and instance until the permanent back-off has passed, so that the
+    /// status writes of a failure do not turn into a loop of refused creations.
+    refusals: PerRequest<(keys::CreationAttempt, Instant, IbmError)>,
+    /// Per request: the generation and fingerprint of the operator's last successful sync, and
+    /// when. Only an optimisation (see `apply::last_sync`); forgotten on any failure.
+    synced: PerRequest<LastSync>,
 }
 
 impl Context {
@@ -113,6 +131,8 @@ impl Context {
             instances: Mutex::default(),
             last_api_keys: Mutex::default(),
             failures: Mutex::default(),
+            refusals: Mutex::default(),
+            synced: Mutex::default(),
         }
     }
 
@@ -166,10 +186,56 @@ impl Context {
         }
     }
 
+    fn remember_refusal(
+        &self,
+        request: &IngestionKeyRequest,
+        attempt: keys::CreationAttempt,
+        error: IbmError,
+    ) {
+        lock(&self.refusals).insert(
+            ObjectRef::from_obj(request),
+            (attempt, Instant::now(), error),
+        );
+    }
+
+    /// The refusal of this very creation, if it is recent enough to stand.
+    fn refused_creation(
+        &self,
+        request: &IngestionKeyRequest,
+        attempt: &keys::CreationAttempt,
+    ) -> Option<IbmError> {
+        let refusals = lock(&self.refusals);
+        let (refused, at, error) = refusals.get(&ObjectRef::from_obj(request))?;
+        (refused == attempt && at.elapsed() < backoff(false, 1)).then(|| error.clone())
+    }
+
+    fn remember_sync(&self, request: &IngestionKeyRequest, fingerprint: &str) {
+        let entry = LastSync {
+            generation: request.metadata.generation,
+            fingerprint: fingerprint.to_owned(),
+            at: Instant::now(),
+        };
+        lock(&self.synced).insert(ObjectRef::from_obj(request), entry);
+    }
+
+    /// The last sync of this generation of the request, as (fingerprint, age).
+    fn remembered_sync(&self, request: &IngestionKeyRequest) -> Option<(String, Duration)> {
+        let synced = lock(&self.synced);
+        let last = synced.get(&ObjectRef::from_obj(request))?;
+        (last.generation == request.metadata.generation)
+            .then(|| (last.fingerprint.clone(), last.at.elapsed()))
+    }
+
+    fn forget_sync(&self, request: &IngestionKeyRequest) {
+        lock(&self.synced).remove(&ObjectRef::from_obj(request));
+    }
+
     /// Forgets the event recorders of a request that is gone.
     fn forget_events(&self, request: &IngestionKeyRequest) {
         let uid = request.uid().unwrap_or_default();
         lock(&self.recorders).retain(|(owner, _), _| *owner != uid);
+        lock(&self.refusals).remove(&ObjectRef::from_obj(request));
+        self.forget_sync(request);
     }
 }
 
@@ -259,6 +325,7 @@ fn from_finalizer(error: finalizer::Error<ReconcileError>) -> ReconcileError {
 /// Says what is wrong where users look: the Ready condition, and a Warning event when the reason
 /// changes. Kubernetes failures are not reported there (the status write would fail as well).
 async fn report_failure(ctx: &Context, request: &IngestionKeyRequest, error: &ReconcileError) {
+    ctx.forget_sync(request);
     if matches!(
         error,
         ReconcileError::Kubernetes { .. } | ReconcileError::Unexpected(_)
@@ -294,8 +361,13 @@ fn error_policy(
         *count = count.saturating_add(1);
         *count
     };
-    let delay = backoff(error.is_transient(), attempt);
-    Action::requeue(jitter(delay, &key))
+    let delay = jitter(backoff(error.is_transient(), attempt), &key);
+    // Never before the time IBM Cloud named in a 429, however long.
+    let named = error
+        .retry_at()
+        .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+        .unwrap_or_default();
+    Action::requeue(delay.max(named + Duration::from_millis(100)))
 }
 
 fn backoff(transient: bool, attempt: u32) -> Duration {

@@ -41,6 +41,8 @@ pub(super) struct StatusPatch {
     pub key_fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_deleted: Option<bool>,
 }
 
 #[derive(Serialize, Debug)]
@@ -137,6 +139,18 @@ pub(super) async fn record_pending(
         ..StatusPatch::default()
     };
     patch(ctx, request, &status, "record pending key creation").await
+}
+
+/// Records, during deletion, that the request's keys are gone (it no longer needs the API key).
+pub(super) async fn keys_deleted(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<(), ReconcileError> {
+    let status = StatusPatch {
+        keys_deleted: Some(true),
+        ..StatusPatch::default()
+    };
+    patch(ctx, request, &status, "record that the keys are deleted").await
 }
 
 /// Clears a pending creation that IBM Cloud definitely refused (no key was made).

@@ -1,0 +1,177 @@
+//! The API key Secret: read from the request's own namespace, and held with a finalizer while a
+//! request may still need it to delete its key. Without the hold, deleting a namespace removes
+//! the API key and the requests together, and a request whose operator was down at that moment
+//! could never delete its key (the namespace would stay Terminating). The hold is released by
+//! the last request that needs it, like Kubernetes' own `kubernetes.io/pvc-protection`.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    core::PartialObjectMeta,
+};
+use serde_json::json;
+use tracing::info;
+
+use super::{Context, ReconcileError};
+use crate::{
+    crd::{API_KEY_FINALIZER, DeletionPolicy, IngestionKeyRequest},
+    redact::SecretString,
+};
+
+/// The API key and its Secret, in the request's own namespace only.
+pub(super) async fn read(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<(SecretString, Secret), ReconcileError> {
+    let reference = &request.spec.api_key_secret_ref;
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+    let Some(secret) = api
+        .get_opt(&reference.name)
+        .await
+        .map_err(ReconcileError::kube("read the API key Secret"))?
+    else {
+        return Err(ReconcileError::ApiKeySecretNotFound {
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+        });
+    };
+    let data = secret.data.as_ref();
+    let value = data
+        .and_then(|data| data.get(&reference.key))
+        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
+        .map(str::trim) // `kubectl create secret --from-file` keeps the file's trailing newline
+        .filter(|value| !value.is_empty())
+        .map(SecretString::from);
+    match value {
+        Some(value) => Ok((value, secret)),
+        None => Err(ReconcileError::ApiKeyMissingInSecret {
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+            present: data
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default(),
+        }),
+    }
+}
+
+/// Puts the operator's finalizer on the API key Secret (once) when the request's key will be
+/// deleted with it (`deletionPolicy: Delete`).
+pub(super) async fn hold(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    secret: &Secret,
+) -> Result<(), ReconcileError> {
+    if request.spec.deletion_policy != DeletionPolicy::Delete
+        || secret.finalizers().iter().any(|f| f == API_KEY_FINALIZER)
+    {
+        return Ok(());
+    }
+    let mut finalizers = secret.finalizers().to_vec();
+    finalizers.push(API_KEY_FINALIZER.to_owned());
+    patch_finalizers(ctx, secret, finalizers, "hold the API key Secret").await?;
+    // A new hold may mean a request moved to another API key Secret: release the ones that no
+    // request needs any more (a rare path, so listing the namespace's Secrets is fine here).
+    release_unreferenced(ctx, request).await
+}
+
+async fn release_unreferenced(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<(), ReconcileError> {
+    let namespace = request.namespace().unwrap_or_default();
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(ctx.client.clone(), &namespace);
+    let held = secrets
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(ReconcileError::kube("list the namespace's Secrets"))?;
+    for secret in held
+        .items
+        .iter()
+        .filter(|s| s.finalizers().iter().any(|f| f == API_KEY_FINALIZER))
+        .filter(|s| s.name_any() != request.spec.api_key_secret_ref.name)
+    {
+        release_if_unused(ctx, request, &secret.name_any()).await?;
+    }
+    Ok(())
+}
+
+/// Takes the finalizer off the API key Secret `name` when no other request of the namespace
+/// would need that API key to delete its key.
+pub(super) async fn release_if_unused(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    name: &str,
+) -> Result<(), ReconcileError> {
+    let namespace = request.namespace().unwrap_or_default();
+    let requests: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+    let others = requests
+        .list(&ListParams::default())
+        .await
+        .map_err(ReconcileError::kube(
+            "list the requests sharing the API key Secret",
+        ))?;
+    // Needed by any request (this one included) that still has keys to delete with it. Each
+    // deleting request records `keysDeleted` before it looks, so the last one to look sees
+    // every other one done, however their cleanups interleave.
+    let needed = others.items.iter().any(|other| {
+        let done = other.metadata.deletion_timestamp.is_some()
+            && (other.uid() == request.uid()
+                || other.status.as_ref().is_some_and(|s| s.keys_deleted));
+        !done
+            && other.spec.api_key_secret_ref.name == name
+            && other.spec.deletion_policy == DeletionPolicy::Delete
+    });
+    if needed {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(secret) = secrets
+        .get_opt(name)
+        .await
+        .map_err(ReconcileError::kube("read the API key Secret"))?
+    else {
+        return Ok(());
+    };
+    if !secret.finalizers().iter().any(|f| f == API_KEY_FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<String> = secret
+        .finalizers()
+        .iter()
+        .filter(|f| *f != API_KEY_FINALIZER)
+        .cloned()
+        .collect();
+    patch_finalizers(ctx, &secret, rest, "release the API key Secret").await?;
+    info!(
+        secret = name,
+        "released the API key Secret: no request needs it any more"
+    );
+    Ok(())
+}
+
+/// Sets the Secret's finalizers, on the condition that it did not change since it was read.
+async fn patch_finalizers(
+    ctx: &Context,
+    secret: &impl ResourceExt,
+    finalizers: Vec<String>,
+    action: &'static str,
+) -> Result<(), ReconcileError> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &secret.namespace().unwrap_or_default());
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": secret.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    api.patch(
+        &secret.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(ReconcileError::kube(action))
+}

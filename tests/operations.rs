@@ -1,0 +1,209 @@
+//! Production operations, end to end with the operator binary: two replicas with leader election
+//! (failover on SIGKILL and on SIGTERM), and one IBM Cloud rate budget under a low rate limit.
+
+mod fixtures;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use fixtures::{Env, MANAGER_KEY, Operator};
+use ibm_cloud_sim::{Faults, RateLimit};
+use serde_json::json;
+use support::wait_for;
+
+fn request_spec(secret: &str) -> serde_json::Value {
+    json!({
+        "instance": {"name": "my-activity-tracker"},
+        "apiKeySecretRef": {"name": "ibmcloud-api-key"},
+        "secret": {"name": secret},
+    })
+}
+
+async fn leaders(operators: &[&Operator]) -> usize {
+    let mut count = 0;
+    for operator in operators {
+        count += usize::from(operator.is_leader().await);
+    }
+    count
+}
+
+#[tokio::test]
+async fn one_leader_reconciles_and_a_standby_takes_over_on_kill_and_on_shutdown() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("ha").await;
+    let args = ["--leader-elect", "--leader-election-namespace", ns.as_str()];
+    let mut env = Env::in_namespace(ns.clone(), cp.kubeconfig_path(), &args).await;
+    let mut standby = Operator::start(cp, cp.kubeconfig_path(), &ns, &env.sim.base_url(), &args);
+    standby.wait_ready().await; // a standby is ready, so rolling updates proceed
+    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
+    wait_for("exactly one leader", Duration::from_secs(20), || async {
+        leaders(&[&env.operator, &standby]).await == 1
+    })
+    .await;
+    // Make the first operator the leader for what follows, whichever won.
+    if !env.operator.is_leader().await {
+        std::mem::swap(&mut env.operator, &mut standby);
+    }
+
+    env.create_request("first", request_spec("first-key")).await;
+    env.wait_ready("first").await;
+    assert_eq!(
+        standby.ibm_requests().await,
+        0.0,
+        "only the leader talks to IBM Cloud"
+    );
+
+    // SIGKILL: the standby takes over once the lease expires.
+    env.operator.kill9();
+    let killed = Instant::now();
+    env.create_request("second", request_spec("second-key"))
+        .await;
+    env.wait_ready("second").await;
+    let takeover = killed.elapsed();
+    println!("failover after SIGKILL: request Ready {takeover:?} after the kill");
+    assert!(
+        takeover < Duration::from_secs(20),
+        "Ready {takeover:?} after the leader's SIGKILL"
+    );
+    assert!(standby.is_leader().await);
+    assert_eq!(env.active_keys_of("first"), 1, "no duplicate keys");
+    assert_eq!(env.active_keys_of("second"), 1, "no duplicate keys");
+
+    // SIGTERM: the leader releases the lease and the next standby takes it at once.
+    let third = Operator::start(cp, cp.kubeconfig_path(), &ns, &env.sim.base_url(), &args);
+    third.wait_ready().await;
+    assert!(!third.is_leader().await);
+    let stopping = Instant::now();
+    standby.stop();
+    let stopped = stopping.elapsed();
+    let released = Instant::now();
+    wait_for(
+        "the third replica to lead",
+        Duration::from_secs(15),
+        || async { third.is_leader().await },
+    )
+    .await;
+    let handover = released.elapsed();
+    println!("graceful handover: stopped in {stopped:?}, new leader {handover:?} after the exit");
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?} after a graceful shutdown"
+    );
+    env.create_request("third", request_spec("third-key")).await;
+    env.wait_ready("third").await;
+    assert_eq!(env.active_keys_of("third"), 1);
+    env.operator = third;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_low_rate_limit_costs_few_429s_and_everything_becomes_ready() {
+    const REQUESTS: usize = 50;
+    let env = Env::with_operator_args("ratelimit", &["--concurrency", "4"]).await;
+    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
+    // At most 20 key creations per 3-second window; beyond that 429 with Retry-After: 3.
+    env.sim.set_faults(Faults {
+        rate_limit: Some(RateLimit {
+            limit: 20,
+            window_seconds: 3,
+            retry_after_seconds: 3,
+        }),
+        matching: Some("POST /v2/resource_keys".into()),
+        ..Faults::default()
+    });
+    for i in 0..REQUESTS {
+        env.create_request(&format!("r{i}"), request_spec(&format!("s{i}")))
+            .await;
+    }
+    for i in 0..REQUESTS {
+        env.wait_ready(&format!("r{i}")).await;
+    }
+    let too_many = env.operator.ibm_responses_with_status("429").await;
+    let creates = env.sim.call_count("POST /v2/resource_keys") as f64;
+    let total = env.operator.ibm_requests().await;
+    println!(
+        "{REQUESTS} requests under a limit of 20 creations per 3 s: {total} IBM calls, {creates} creations, {too_many} answered 429"
+    );
+    // After a 429 nothing more is sent with that API key until the time IBM named: at most the
+    // calls already in flight (the concurrency) meet each window's end.
+    let windows = (REQUESTS as f64 / 20.0).ceil();
+    assert!(
+        too_many <= windows * 4.0,
+        "{too_many} responses were 429 for {windows} windows"
+    );
+    assert!(
+        creates <= REQUESTS as f64 + too_many,
+        "a creation is repeated only after its 429: {creates}"
+    );
+    // The minimum: one creation per request, one token exchange, one instance lookup. Re-reads
+    // of a key a reconcile just recorded (its watch event racing the status write) and the
+    // by-name lookup before re-creating after a 429 add some.
+    let minimum = REQUESTS as f64 + 2.0;
+    println!("IBM calls by endpoint: {:?}", env.sim.calls());
+    assert!(
+        total <= 1.5 * minimum,
+        "IBM calls near the minimum of {minimum}: {total}"
+    );
+    for i in 0..REQUESTS {
+        assert_eq!(env.active_keys_of(&format!("r{i}")), 1);
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_while_the_operator_is_down_still_deletes_every_key() {
+    let mut env = Env::new("teardown").await;
+    if !env.cp.has_controller_manager() {
+        eprintln!("skipped: namespace deletion needs kube-controller-manager");
+        return;
+    }
+    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
+    for name in ["a", "b", "c"] {
+        env.create_request(name, request_spec(&format!("{name}-key")))
+            .await;
+    }
+    for name in ["a", "b", "c"] {
+        env.wait_ready(name).await;
+        assert_eq!(env.active_keys_of(name), 1);
+    }
+    let api_key_secret = env.secret("ibmcloud-api-key").await.unwrap();
+    assert!(
+        api_key_secret
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"keysync.dev/api-key-in-use".to_owned()),
+        "the API key Secret is held while keys exist"
+    );
+
+    env.operator.kill9();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(env.client.clone());
+    namespaces
+        .delete(&env.ns, &Default::default())
+        .await
+        .expect("delete the namespace");
+    // The namespace controller deletes everything it can; the requests wait on their finalizer,
+    // the API key Secret on the operator's.
+    wait_for(
+        "the API key Secret to be deleted (held by its finalizer)",
+        Duration::from_secs(60),
+        || async {
+            env.secret("ibmcloud-api-key")
+                .await
+                .is_some_and(|s| s.metadata.deletion_timestamp.is_some())
+        },
+    )
+    .await;
+    env.operator.start_again();
+    wait_for(
+        "the namespace to be gone",
+        Duration::from_secs(90),
+        || async { namespaces.get_opt(&env.ns).await.ok().flatten().is_none() },
+    )
+    .await;
+    for name in ["a", "b", "c"] {
+        assert_eq!(env.active_keys_of(name), 0, "the key of {name} is deleted");
+    }
+    env.finish().await;
+}
