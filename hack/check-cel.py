@@ -68,9 +68,13 @@ VALID = [
         "minimal: by name, everything else defaulted",
         {"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": API_KEY},
     ),
+    ("refreshInterval at its minimum, 1m", {"instance": {"guid": GUID}, "apiKeySecretRef": API_KEY, "refreshInterval": "1m"}),
+    ("refreshInterval 90s", {"instance": {"guid": GUID}, "apiKeySecretRef": API_KEY, "refreshInterval": "90s"}),
+    ("refreshInterval 1h30m", {"instance": {"guid": GUID}, "apiKeySecretRef": API_KEY, "refreshInterval": "1h30m"}),
 ]
 
 ONE_OF = "set exactly one of name, guid, crn"
+MIN_REFRESH = "refreshInterval must be a duration of at least 1m, such as 15m or 1h"
 
 # Invalid specs: (description, spec, message of the one rule it must break).
 INVALID = [
@@ -87,6 +91,8 @@ INVALID = [
     ("all empty strings", {"instance": {"name": "", "guid": "", "crn": ""}, "apiKeySecretRef": API_KEY}, ONE_OF),
     ("name empty, guid empty, crn absent", {"instance": {"name": "", "guid": ""}, "apiKeySecretRef": API_KEY}, ONE_OF),
     ("name and guid set, crn empty", {"instance": {"name": "a", "guid": GUID, "crn": ""}, "apiKeySecretRef": API_KEY}, ONE_OF),
+    ("refreshInterval 30s", {"instance": {"guid": GUID}, "apiKeySecretRef": API_KEY, "refreshInterval": "30s"}, MIN_REFRESH),
+    ("refreshInterval 59s", {"instance": {"guid": GUID}, "apiKeySecretRef": API_KEY, "refreshInterval": "59s"}, MIN_REFRESH),
 ]
 
 # ---------------------------------------------------------------------------------------------

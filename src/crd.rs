@@ -27,7 +27,7 @@ pub const MANAGED_BY_VALUE: &str = "ingestion-key-operator";
 /// The condition every tool reads.
 pub const READY_CONDITION: &str = "Ready";
 /// The shortest refresh interval accepted: anything shorter would hammer IBM Cloud.
-pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Asks the operator for an IBM Cloud resource key (service credential) on a service instance and
 /// keeps one of its credential fields (the ingestion key by default) in a Secret for log agents.
@@ -85,8 +85,9 @@ pub struct IngestionKeyRequestSpec {
     #[serde(default)]
     pub secret: SecretSpec,
     /// How often the key is re-read from IBM Cloud and the Secret re-checked, as a duration such
-    /// as 30s, 15m, 1h or 1h30m.
+    /// as 15m, 1h or 1h30m; at least 1m.
     #[serde(default = "default_refresh_interval")]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) >= duration('1m')").message("refreshInterval must be a duration of at least 1m, such as 15m or 1h"))]
     pub refresh_interval: String,
     /// What happens to the resource key in IBM Cloud when this request is deleted: Delete removes
     /// it, Retain keeps it.
@@ -348,7 +349,7 @@ pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
     let refresh_interval = parse_duration(&spec.refresh_interval);
     match refresh_interval {
         None => problems.push(format!(
-            "spec.refreshInterval {:?} is not a duration like 30s, 15m or 1h",
+            "spec.refreshInterval {:?} is not a duration like 15m or 1h",
             spec.refresh_interval
         )),
         Some(interval) if interval < MIN_REFRESH_INTERVAL => problems.push(format!(
@@ -592,6 +593,7 @@ mod tests {
             "resourceKey: {name: 'bad/name'}",
             "refreshInterval: soon",
             "refreshInterval: 0s",
+            "refreshInterval: 30s",
             "secret: {name: Bad_Name}",
             "secret: {key: 'a b'}",
             "resourceKey: {credentialField: ''}",

@@ -748,3 +748,21 @@ async fn an_instance_that_no_longer_resolves_is_not_shown() {
     );
     assert!(status.resource_key.is_some(), "what deletion needs stays");
 }
+
+#[tokio::test]
+async fn a_key_reset_in_ibm_cloud_reaches_the_same_secret_at_the_next_refresh() {
+    let mut h = Harness::new("rec-reset").await;
+    h.create("at", spec_on(AT_GUID)).await;
+    h.reconcile("at").await.expect("apply");
+    let uid = h.secrets().get("logdna-agent-key").await.unwrap().uid();
+    let rotated = h.sim.reset_ingestion_key(AT_GUID).expect("instance exists");
+    h.restart(); // the refresh: a full sync
+    h.reconcile("at").await.expect("refresh");
+    assert_eq!(h.secret_value().await.as_deref(), Some(rotated.expose()));
+    assert_eq!(
+        h.secrets().get("logdna-agent-key").await.unwrap().uid(),
+        uid,
+        "updated in place, never re-created"
+    );
+    assert_eq!(events(&h, "SecretUpdated").await.len(), 1);
+}
