@@ -4,6 +4,7 @@
     hack/helm.py lint   CHART [--values-json JSON]
     hack/helm.py render CHART [--values-json JSON] [--name NAME] [--namespace NS] [--crds]
     hack/helm.py crds   CHART
+    hack/helm.py notes  CHART [--values-json JSON] [--name NAME] [--namespace NS]
 
 `lint` prints the findings and fails on any error (or warning with --strict). `render` prints the
 rendered manifests as one YAML stream, templates in path order, each after a `# Source:` line
@@ -34,7 +35,7 @@ def helm():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["lint", "render", "crds", "install-only"])
+    parser.add_argument("command", choices=["lint", "render", "crds", "notes", "install-only"])
     parser.add_argument("chart", nargs="?")
     parser.add_argument("--values-json", default="{}", help="values as a JSON object")
     parser.add_argument("--name", default="ingestion-key-operator", help="release name")
@@ -72,6 +73,9 @@ def main():
         for crd in chart.crds:
             out.append(crd_text(crd))
     rendered = chart.render(values, name=args.name, namespace=args.namespace, is_install=True)
+    if args.command == "notes":
+        sys.stdout.write(next((t for p, t in rendered.items() if p.endswith("/NOTES.txt")), ""))
+        return 0
     for path in sorted(rendered):
         text = rendered[path].strip()
         if not path.endswith((".yaml", ".yml")) or not text or all(

@@ -407,6 +407,29 @@ fn every_crd_copy_is_byte_identical_to_the_binary_output() {
 // ---------------------------------------------------------------------------------------------
 // The chart.
 
+#[test]
+fn the_install_notes_warn_about_the_placeholder_image_and_name_the_agents_namespace() {
+    let defaults =
+        helm(&["notes", "charts/ingestion-key-operator"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        defaults.contains("WARNING: image.repository is still the chart's placeholder"),
+        "{defaults}"
+    );
+    assert!(
+        defaults.contains("kubectl create namespace ibm-observe"),
+        "{defaults}"
+    );
+    let values = json!({"image": {"repository": "registry.example.com/ingestion-key-operator"}});
+    let set = helm(&[
+        "notes",
+        "charts/ingestion-key-operator",
+        "--values-json",
+        &values.to_string(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!set.contains("WARNING"), "{set}");
+}
+
 #[tokio::test]
 async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide_least_privilege() {
     let cp = support::control_plane();
