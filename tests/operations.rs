@@ -99,12 +99,13 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_kill_and_on_shutdown(
 #[tokio::test]
 async fn a_low_rate_limit_costs_few_429s_and_everything_becomes_ready() {
     const REQUESTS: usize = 50;
-    let env = Env::with_operator_args("ratelimit", &["--concurrency", "4"]).await;
+    const LIMIT: u32 = 10;
+    let env = Env::new("ratelimit").await; // default concurrency (16) and budget (10/s)
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
-    // At most 20 key creations per 3-second window; beyond that 429 with Retry-After: 3.
+    // At most 10 key creations per 3-second window; beyond that 429 with Retry-After: 3.
     env.sim.set_faults(Faults {
         rate_limit: Some(RateLimit {
-            limit: 20,
+            limit: LIMIT,
             window_seconds: 3,
             retry_after_seconds: 3,
         }),
@@ -121,27 +122,28 @@ async fn a_low_rate_limit_costs_few_429s_and_everything_becomes_ready() {
     let too_many = env.operator.ibm_responses_with_status("429").await;
     let creates = env.sim.call_count("POST /v2/resource_keys") as f64;
     let total = env.operator.ibm_requests().await;
+    let windows = (REQUESTS as f64 / f64::from(LIMIT)).ceil();
     println!(
-        "{REQUESTS} requests under a limit of 20 creations per 3 s: {total} IBM calls, {creates} creations, {too_many} answered 429"
+        "{REQUESTS} requests under a limit of {LIMIT} creations per 3 s: {total} IBM calls, {creates} creations, {too_many} answered 429 ({windows} windows at least)"
     );
-    // After a 429 nothing more is sent with that API key until the time IBM named: at most the
-    // calls already in flight (the concurrency) meet each window's end.
-    let windows = (REQUESTS as f64 / 20.0).ceil();
+    println!("IBM calls by endpoint: {:?}", env.sim.calls());
+    // After a 429 nothing more is sent with that API key until the time IBM named: only calls
+    // already on the wire meet a window's end. Without the pause, every reconcile slot (16)
+    // would run into it, window after window.
     assert!(
-        too_many <= windows * 4.0,
-        "{too_many} responses were 429 for {windows} windows"
+        too_many <= windows * 3.0,
+        "{too_many} responses were 429 over about {windows} windows"
     );
     assert!(
         creates <= REQUESTS as f64 + too_many,
         "a creation is repeated only after its 429: {creates}"
     );
-    // The minimum: one creation per request, one token exchange, one instance lookup. Re-reads
-    // of a key a reconcile just recorded (its watch event racing the status write) and the
-    // by-name lookup before re-creating after a 429 add some.
+    // The minimum: one creation per request, one token exchange, one instance lookup. A creation
+    // answered 429 is looked up by name before it is sent again (crash safety), and a reconcile
+    // racing its own status write may re-read a key.
     let minimum = REQUESTS as f64 + 2.0;
-    println!("IBM calls by endpoint: {:?}", env.sim.calls());
     assert!(
-        total <= 1.5 * minimum,
+        total <= 1.3 * minimum + 2.0 * too_many,
         "IBM calls near the minimum of {minimum}: {total}"
     );
     for i in 0..REQUESTS {

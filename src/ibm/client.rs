@@ -495,14 +495,12 @@ impl IbmCloud {
             _ => None,
         };
         loop {
-            self.respect_pause(request, caller.as_deref(), attempt)
-                .await?;
             let token = match api_key {
                 // Boxed: `token` may exchange, which calls `execute` again.
                 Some(key) => Some(Box::pin(self.token(key)).await?),
                 None => None,
             };
-            self.inner.budget.slot().await;
+            self.admit(request, caller.as_deref(), attempt).await?;
             let (mut error, hint, retryable) = match self.send_once(request, token.as_ref()).await {
                 Ok(reply) if (200..300).contains(&reply.status) => return Ok(reply),
                 Ok(reply) => {
@@ -580,38 +578,42 @@ impl IbmCloud {
         }
     }
 
-    /// Before a request with an API key that IBM Cloud paused (429): waits out a short pause, and
-    /// fails at once with the time IBM named when the pause is long or no retry is left.
-    async fn respect_pause(
+    /// Waits for the request's slot in the process-wide budget, then checks that its API key is
+    /// not paused by a 429: a short pause is waited out (and a new slot taken, so that the calls
+    /// held by the pause do not all go at once when it ends); a long one, or one with no retry
+    /// left, fails at once with the time IBM named.
+    async fn admit(
         &self,
         request: &Request,
         caller: Option<&str>,
         attempt: u32,
     ) -> Result<(), IbmError> {
-        let Some(caller) = caller else {
-            return Ok(());
-        };
-        let now = SystemTime::now();
-        let Some(until) = self.inner.budget.paused_until(caller, now) else {
-            return Ok(());
-        };
-        let left = until.duration_since(now).unwrap_or(Duration::ZERO);
-        if left <= self.inner.config.max_backoff && attempt <= self.inner.config.max_retries {
+        loop {
+            self.inner.budget.slot().await;
+            let Some(caller) = caller else {
+                return Ok(());
+            };
+            let now = SystemTime::now();
+            let Some(until) = self.inner.budget.paused_until(caller, now) else {
+                return Ok(());
+            };
+            let left = until.duration_since(now).unwrap_or(Duration::ZERO);
+            if left > self.inner.config.max_backoff || attempt > self.inner.config.max_retries {
+                let mut error = IbmError::new(
+                    request.operation,
+                    ErrorKind::RateLimited,
+                    "not sent: IBM Cloud rate-limited this API key",
+                );
+                error.retry_at = Some(until);
+                return Err(error);
+            }
             debug!(
                 operation = request.operation,
                 wait_ms = left.as_millis() as u64,
                 "waiting out an IBM Cloud rate-limit pause"
             );
             self.inner.budget.wait_out(left).await;
-            return Ok(());
         }
-        let mut error = IbmError::new(
-            request.operation,
-            ErrorKind::RateLimited,
-            "not sent: IBM Cloud rate-limited this API key",
-        );
-        error.retry_at = Some(until);
-        Err(error)
     }
 
     /// What the process-wide rate budget did so far.
