@@ -19,7 +19,8 @@ use kube::{
 use tracing::{debug, info, warn};
 
 /// Timings. The defaults let a standby take over within about 12 s of a leader's death
-/// (expiry after at most 10 s, then the next try) and within about 1 s of a graceful exit.
+/// (expiry after at most 10 s, then the next try) and within about half a second of a graceful
+/// exit (the leader releases the lease).
 #[derive(Clone, Debug)]
 pub struct LeaseTimings {
     /// How long a lease stays valid after its last renewal.
@@ -35,7 +36,7 @@ impl Default for LeaseTimings {
         Self {
             duration: Duration::from_secs(10),
             renew_every: Duration::from_secs(2),
-            retry_every: Duration::from_secs(1),
+            retry_every: Duration::from_millis(500),
         }
     }
 }
