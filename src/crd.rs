@@ -143,8 +143,10 @@ pub struct ResourceKeySpec {
     /// digits, space, and - . _ :
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// IAM service role of the key. Log Analysis and Activity Tracker need Manager for the key to
-    /// carry the ingestion key; IBM Cloud Logs agents need a key with the Sender role.
+    /// IAM service role of the key: a base role (Reader, Writer, Manager), a role of the
+    /// instance's service (sent as its role CRN, crn:v1:bluemix:public:<service>::::serviceRole:<Role>),
+    /// or a role CRN. Log Analysis and Activity Tracker need Manager for the key to carry the
+    /// ingestion key; IBM Cloud Logs agents need a key with the Sender role.
     #[serde(default = "default_role")]
     pub role: String,
     /// Field of the key's credentials copied into the Secret: ingestion_key for Log Analysis and

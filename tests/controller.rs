@@ -123,13 +123,23 @@ async fn cloud_logs_request_copies_the_keys_api_key() {
         json!({
             "instance": {"name": "my-cloud-logs", "serviceName": "logs"},
             "apiKeySecretRef": {"name": "ibmcloud-api-key"},
-            "resourceKey": {"credentialField": "apikey", "role": "Manager"},
+            "resourceKey": {"credentialField": "apikey", "role": "Sender"},
             "secret": {"name": "logs-agent", "key": "IAM_API_KEY"}
         }),
     )
     .await;
     let request = env.wait_ready("logs-agent").await;
     let key = request.status.unwrap().resource_key.unwrap();
+    let sim_key = env
+        .sim
+        .keys()
+        .into_iter()
+        .find(|k| k.guid == key.guid)
+        .unwrap();
+    assert_eq!(
+        sim_key.role, "Sender",
+        "sent as the logs service's role CRN, which IBM accepts"
+    );
     let expected = env.key_credential(&key.guid, "apikey").await;
     assert_ne!(
         expected, MANAGER_KEY,

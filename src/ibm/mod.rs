@@ -22,7 +22,7 @@ pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};
 pub use model::{
     CreateKeyRequest, CredentialError, Credentials, Crn, InstanceQuery, KeyDeletion,
-    ResourceInstance, ResourceKey, ResourceList, TokenResponse,
+    ResourceInstance, ResourceKey, ResourceList, TokenResponse, role_for_key,
 };
 pub use retry::{backoff, parse_epoch_reset, parse_retry_after};
 

@@ -242,6 +242,19 @@ pub struct CreateKeyRequest {
     pub role: String,
 }
 
+/// The role to send when creating a key on an instance of `service` (the 5th segment of its CRN).
+/// The Resource Controller takes base role names (`Reader`, `Writer`, `Manager`) and role CRNs;
+/// any other name is a role of the service itself, such as Cloud Logs' `Sender`, and is sent as
+/// that service's role CRN. CRNs are sent as they are.
+pub fn role_for_key(role: &str, service: &str) -> String {
+    let role = role.trim();
+    match role {
+        "Reader" | "Writer" | "Manager" => role.to_owned(),
+        crn if crn.starts_with("crn:") => crn.to_owned(),
+        name => format!("crn:v1:bluemix:public:{service}::::serviceRole:{name}"),
+    }
+}
+
 /// Outcome of a delete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyDeletion {
@@ -314,6 +327,17 @@ impl<'a> Crn<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_are_sent_as_the_resource_controller_takes_them() {
+        assert_eq!(role_for_key("Manager", "logdnaat"), "Manager");
+        assert_eq!(
+            role_for_key("Sender", "logs"),
+            "crn:v1:bluemix:public:logs::::serviceRole:Sender"
+        );
+        let crn = "crn:v1:bluemix:public:iam::::serviceRole:Writer";
+        assert_eq!(role_for_key(crn, "logs"), crn);
+    }
 
     #[test]
     fn crn_parsing() {

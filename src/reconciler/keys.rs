@@ -15,7 +15,10 @@ use super::{
 };
 use crate::{
     crd::{DeletionPolicy, IngestionKeyRequest, ResourceKeyStatus, default_key_name},
-    ibm::{CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey},
+    ibm::{
+        CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey,
+        role_for_key,
+    },
     redact::SecretString,
 };
 
@@ -159,7 +162,10 @@ async fn create(
     let create = CreateKeyRequest {
         name: key_name.to_owned(),
         source: instance.guid.clone(),
-        role: request.spec.resource_key.role.clone(),
+        role: role_for_key(
+            &request.spec.resource_key.role,
+            instance.service_name().unwrap_or_default(),
+        ),
     };
     let key = match ctx.ibm.create_key(access.api_key, &create).await {
         Ok(key) => key,

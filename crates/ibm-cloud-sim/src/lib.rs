@@ -109,6 +109,52 @@ impl ServiceRole {
             Self::Manager => "Manager",
         }
     }
+
+    /// IAM's CRN of this base service role.
+    pub fn crn(self) -> &'static str {
+        match self {
+            Self::Reader => "crn:v1:bluemix:public:iam::::serviceRole:Reader",
+            Self::Writer => "crn:v1:bluemix:public:iam::::serviceRole:Writer",
+            Self::Manager => "crn:v1:bluemix:public:iam::::serviceRole:Manager",
+        }
+    }
+
+    /// A role as the Resource Controller accepts it when creating a key on an instance of
+    /// `service`: a base role name (`Manager`), IAM's CRN of a base role, or the CRN of a role
+    /// of that service (`crn:v1:bluemix:public:logs::::serviceRole:Sender`). Returns the rank
+    /// used for credential visibility (a service's own roles rank as Reader) and the role's CRN.
+    /// A bare service role name (`Sender`) is not accepted, as by IBM Cloud.
+    pub fn parse_for_service(role: &str, service: &str) -> Option<(Self, String)> {
+        if let Some(base) = Self::parse_base(role) {
+            return Some((base, base.crn().to_owned()));
+        }
+        let rest = role.strip_prefix("crn:v1:bluemix:public:")?;
+        let (role_service, name) = rest.split_once("::::serviceRole:")?;
+        if role_service == "iam" {
+            let base = Self::parse_base(name)?;
+            return Some((base, base.crn().to_owned()));
+        }
+        (role_service == service && service_roles(service).contains(&name))
+            .then(|| (Self::Reader, role.to_owned()))
+    }
+
+    fn parse_base(name: &str) -> Option<Self> {
+        match name {
+            "Reader" => Some(Self::Reader),
+            "Writer" => Some(Self::Writer),
+            "Manager" => Some(Self::Manager),
+            _ => None,
+        }
+    }
+}
+
+/// Service-specific roles the simulator knows (besides the base Reader, Writer, Manager).
+fn service_roles(service: &str) -> &'static [&'static str] {
+    match service {
+        "logs" => &["Sender", "DataAccess"],
+        "logdna" | "logdnaat" => &["StandardMember"],
+        _ => &[],
+    }
 }
 
 /// The simulated world: accounts, their API keys and instances. Loaded from YAML.
@@ -458,6 +504,31 @@ mod tests {
             Some(ServiceRole::Writer)
         );
         assert_eq!(ServiceRole::parse("Owner"), None);
+    }
+
+    #[test]
+    fn roles_are_accepted_as_the_resource_controller_accepts_them() {
+        let accepted = |role: &str, service: &str| ServiceRole::parse_for_service(role, service);
+        assert_eq!(
+            accepted("Manager", "logdna"),
+            Some((ServiceRole::Manager, ServiceRole::Manager.crn().to_owned()))
+        );
+        assert_eq!(
+            accepted("crn:v1:bluemix:public:iam::::serviceRole:Reader", "logs").map(|r| r.0),
+            Some(ServiceRole::Reader)
+        );
+        let sender = "crn:v1:bluemix:public:logs::::serviceRole:Sender";
+        assert_eq!(
+            accepted(sender, "logs"),
+            Some((ServiceRole::Reader, sender.to_owned()))
+        );
+        assert_eq!(accepted("Sender", "logs"), None, "a bare service role name");
+        assert_eq!(accepted(sender, "logdna"), None, "another service's role");
+        assert_eq!(
+            accepted("crn:v1:bluemix:public:logs::::serviceRole:Owner", "logs"),
+            None
+        );
+        assert_eq!(accepted("Owner", "logs"), None);
     }
 
     #[test]

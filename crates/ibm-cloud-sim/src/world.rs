@@ -156,7 +156,10 @@ struct Key {
     guid: String,
     name: String,
     instance_guid: String,
+    /// Rank for credential visibility.
     role: ServiceRole,
+    /// The role as IAM names it (`iam_role_crn`).
+    role_crn: String,
     state: String,
     account_id: String,
     /// Per-key IAM API key (service ID key).
@@ -468,7 +471,7 @@ impl World {
                 name: k.name.clone(),
                 source: k.instance_guid.clone(),
                 state: k.state.clone(),
-                role: k.role.as_str().to_owned(),
+                role: k.role_crn.rsplit(':').next().unwrap_or_default().to_owned(),
                 account_id: k.account_id.clone(),
             })
             .collect()
@@ -824,20 +827,7 @@ impl World {
                 txn,
             );
         };
-        let role = match field("role") {
-            None => ServiceRole::Writer,
-            Some(r) => match ServiceRole::parse(&r) {
-                Some(role) => role,
-                None => {
-                    return Reply::rc_error(
-                        400,
-                        "RC-BadRequest",
-                        format!("Invalid role {r:?}"),
-                        txn,
-                    );
-                }
-            },
-        };
+        let requested_role = field("role");
         if caller.platform_role < PlatformRole::Operator {
             return Reply::rc_error(
                 403,
@@ -868,12 +858,29 @@ impl World {
                 txn,
             );
         }
+        // What IBM accepts: a base role name, or a role CRN: IAM's base service roles, or a role
+        // of the instance's own service (Cloud Logs' Sender). Anything else is a 400.
+        let (role, role_crn) = match requested_role.as_deref() {
+            None => (ServiceRole::Writer, ServiceRole::Writer.crn().to_owned()),
+            Some(r) => match ServiceRole::parse_for_service(r, &instance.service) {
+                Some(parsed) => parsed,
+                None => {
+                    return Reply::rc_error(
+                        400,
+                        "RC-BadRequest",
+                        format!("Invalid role {r:?}"),
+                        txn,
+                    );
+                }
+            },
+        };
         let instance_guid = instance.guid.clone();
         let key = Key {
             guid: self.new_guid(),
             name,
             instance_guid,
             role,
+            role_crn,
             state: "active".to_owned(),
             account_id: caller.account_id.clone(),
             apikey: self.new_api_key(),
@@ -989,13 +996,7 @@ impl World {
             "iam_apikey_name".into(),
             json!(format!("auto-generated-apikey-{}", key.guid)),
         );
-        creds.insert(
-            "iam_role_crn".into(),
-            json!(format!(
-                "crn:v1:bluemix:public:iam::::serviceRole:{}",
-                key.role.as_str()
-            )),
-        );
+        creds.insert("iam_role_crn".into(), json!(key.role_crn));
         creds.insert(
             "iam_serviceid_crn".into(),
             json!(format!(
