@@ -766,3 +766,48 @@ async fn a_key_reset_in_ibm_cloud_reaches_the_same_secret_at_the_next_refresh() 
     );
     assert_eq!(events(&h, "SecretUpdated").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_refused_secret_write_is_reported_with_the_servers_words() {
+    let h = Harness::new("rec-quota").await;
+    // An exhausted quota on Secrets: one allowed, one used (the API key Secret). The harness runs
+    // no quota controller, so the usage is written here as it would compute it.
+    let quota: k8s_openapi::api::core::v1::ResourceQuota =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "no-more-secrets"},
+            "spec": {"hard": {"count/secrets": "1"}},
+        }))
+        .unwrap();
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(h.client.clone(), &h.ns);
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("create the quota");
+    let usage = serde_json::json!({"status": {
+        "hard": {"count/secrets": "1"},
+        "used": {"count/secrets": "1"},
+    }});
+    quotas
+        .patch_status(
+            "no-more-secrets",
+            &PatchParams::default(),
+            &Patch::Merge(usage),
+        )
+        .await
+        .expect("record the quota's usage");
+    h.create("at", spec_on(AT_GUID)).await;
+    let error = h.reconcile("at").await.expect_err("the write is refused");
+    assert_eq!(error.reason(), "SecretWriteRejected");
+    let message = error.to_string();
+    assert!(message.contains("quota"), "the server's words: {message}");
+    let ready = h.get("at").await.status.unwrap().conditions;
+    assert!(
+        ready
+            .iter()
+            .any(|c| c.type_ == READY_CONDITION && c.reason == "SecretWriteRejected"),
+        "{ready:?}"
+    );
+    assert_eq!(events(&h, "SecretWriteRejected").await.len(), 1);
+    assert!(h.secret_value().await.is_none());
+}

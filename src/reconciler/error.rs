@@ -20,6 +20,7 @@ pub mod reason {
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     pub const IBM_CLOUD_UNAVAILABLE: &str = "IbmCloudUnavailable";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    pub const SECRET_WRITE_REJECTED: &str = "SecretWriteRejected";
     /// Not a condition reason: a Kubernetes API call failed, so no status could be written either.
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
 
@@ -118,6 +119,11 @@ pub enum ReconcileError {
     )]
     SecretConflict { secret: String, detail: String },
 
+    #[error(
+        "the API server refused to write Secret {secret:?}: {message} (an admission webhook, a quota or the operator's RBAC): fix that, the operator retries"
+    )]
+    SecretWriteRejected { secret: String, message: String },
+
     #[error("IBM Cloud is unavailable ({source}); retrying with back-off")]
     IbmCloudUnavailable { source: Box<IbmError> },
 
@@ -167,6 +173,7 @@ impl ReconcileError {
             Self::InstanceNotActive { .. } => INSTANCE_NOT_ACTIVE,
             Self::CredentialFieldMissing { .. } => CREDENTIAL_FIELD_MISSING,
             Self::SecretConflict { .. } => SECRET_CONFLICT,
+            Self::SecretWriteRejected { .. } => SECRET_WRITE_REJECTED,
             Self::IbmCloudUnavailable { .. } => IBM_CLOUD_UNAVAILABLE,
             // A 400 is about what was asked (a role the service does not know, a bad name):
             // the spec must change. Anything else unexpected (404 on a list, 409) may pass.
@@ -210,6 +217,21 @@ impl ReconcileError {
                 action,
                 source: error,
             },
+        }
+    }
+
+    /// A failed Secret write: a refusal by the API server (403 RBAC or quota, 400/422 admission
+    /// or validation) is `SecretWriteRejected` with the server's words; anything else (a conflict,
+    /// an outage) is a Kubernetes error, retried soon.
+    pub fn secret_write(action: &'static str, secret: &str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| match source {
+            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => {
+                Self::SecretWriteRejected {
+                    secret: secret.to_owned(),
+                    message: status.message.clone(),
+                }
+            }
+            source => Self::Kubernetes { action, source },
         }
     }
 

@@ -60,7 +60,10 @@ pub(super) async fn sync(
         };
         api.create(&params, &desired)
             .await
-            .map_err(ReconcileError::kube("create the Secret"))?;
+            .map_err(ReconcileError::secret_write(
+                "create the Secret",
+                secret_name,
+            ))?;
         return Ok(SecretOutcome::Created);
     };
     if !needs_update(&existing, &desired) {
@@ -72,7 +75,10 @@ pub(super) async fn sync(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch(secret_name, &params, &Patch::Apply(&desired))
         .await
-        .map_err(ReconcileError::kube("apply the Secret"))?;
+        .map_err(ReconcileError::secret_write(
+            "apply the Secret",
+            secret_name,
+        ))?;
     Ok(SecretOutcome::Updated)
 }
 
