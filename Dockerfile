@@ -21,7 +21,9 @@ ENV SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH} \
     CARGO_TERM_COLOR=never \
     RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=/src=. --remap-path-prefix=/usr/local/cargo=cargo"
 # musl-dev: the C runtime that ring's assembly and the static link need; ca-certificates: copied
-# into the runtime image.
+# into the runtime image. Not version-pinned (hadolint DL3018): Alpine drops old package versions
+# from its index, so pins break rebuilds; pin the builder image by digest instead (see above).
+# hadolint ignore=DL3018
 RUN apk add --no-cache musl-dev ca-certificates \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src

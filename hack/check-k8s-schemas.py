@@ -34,6 +34,12 @@ MINORS = ["1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33"]
 CHART_VALUES = [
     ("default values", {}),
     ("watchNamespaces", {"watchNamespaces": ["ibm-observe"], "metrics": {"serviceMonitor": {"enabled": False}}}),
+    ("networkPolicy", {"networkPolicy": {
+        "enabled": True,
+        "metrics": {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]},
+        "apiServer": {"cidrs": ["10.0.0.1/32"]},
+    }}),
 ]
 # Files of examples/ that are not Kubernetes manifests.
 NOT_MANIFESTS = {"seed.yaml"}

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::ibm::BudgetStats;
+use crate::{ibm::BudgetStats, reconciler::reason};
 
 const PREFIX: &str = "ingestion_key_operator";
 /// Upper bounds (seconds) of the reconcile duration histogram.
@@ -26,14 +26,29 @@ struct Histogram {
     sum: f64,
 }
 
+/// The `result` label values of `reconcile_total`.
+const RESULTS: [&str; 2] = ["success", "error"];
+
 /// Counters shared by every reconcile; rendered by the admin server.
-#[derive(Default)]
 pub struct Metrics {
     reconciles: Mutex<BTreeMap<&'static str, u64>>,
     failures: Mutex<BTreeMap<&'static str, u64>>,
     duration: Mutex<Histogram>,
     /// Whether this process reconciles (holds the leader lease, or runs without election).
     leader: AtomicBool,
+}
+
+/// Every known label value starts at 0: a series exists from the first scrape, so that `rate()`
+/// and `increase()` see the first event and absence alerts do not fire on a healthy operator.
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconciles: Mutex::new(RESULTS.into_iter().map(|r| (r, 0)).collect()),
+            failures: Mutex::new(reason::FAILURES.into_iter().map(|r| (r, 0)).collect()),
+            duration: Mutex::default(),
+            leader: AtomicBool::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -220,5 +235,32 @@ mod tests {
         assert!(text.contains("ingestion_key_operator_reconcile_duration_seconds_count 2"));
         assert!(text.contains("ingestion_key_operator_ibm_requests_total{endpoint=\"POST /identity/token\",status=\"200\"} 2"));
         assert_eq!(metrics.failures("InstanceNotFound"), 1);
+    }
+
+    #[test]
+    fn every_known_label_value_has_a_series_at_zero_from_the_start() {
+        let text = Metrics::default().render(&[], BudgetStats::default());
+        for result in ["success", "error"] {
+            assert!(
+                text.contains(&format!(
+                    "ingestion_key_operator_reconcile_total{{result=\"{result}\"}} 0\n"
+                )),
+                "{result}: {text}"
+            );
+        }
+        for reason in reason::FAILURES {
+            assert!(
+                text.contains(&format!(
+                    "ingestion_key_operator_reconcile_failures_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason}: {text}"
+            );
+        }
+        assert!(!reason::FAILURES.contains(&reason::KEY_SYNCED));
+        assert_eq!(
+            text.matches("ingestion_key_operator_reconcile_failures_total{")
+                .count(),
+            reason::FAILURES.len()
+        );
     }
 }

@@ -138,7 +138,8 @@ fn demo_once_ends_with_a_ready_request_and_a_masked_secret_and_cleans_up() {
         "{stdout}"
     );
     assert!(
-        !stdout.contains("demo-api-key-manager") && !stderr.contains("demo-api-key-manager"),
+        !stdout.contains("FAKE-simulator-only-apikey-manager")
+            && !stderr.contains("FAKE-simulator-only-apikey-manager"),
         "the API key was printed"
     );
     let kubeconfig = stdout

@@ -1152,6 +1152,41 @@ async fn secrets_never_appear_in_logs() {
         .lock()
         .unwrap()
         .push("unknown-api-key-gggg7777".into());
+    // IAM error bodies that echo the API key of the form: one refused (400, not retried), one
+    // 503 (retried, logged at info), then the exchange succeeds.
+    let echoed = format!("upstream rejected the request for apikey={MANAGER_2}");
+    env.sim.set_faults(Faults {
+        error_status: 400,
+        error_body: Some(echoed.clone()),
+        matching: Some("POST /identity/token".into()),
+        fail_count: Some(1),
+        ..Faults::default()
+    });
+    let err = env
+        .client
+        .list_instance_keys(&key(MANAGER_2), AT_GUID)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ApiKeyRejected, "{err}");
+    assert!(err.message.contains("<redacted>"), "{err}");
+    tracing::error!(error = %err, ?err, "IAM refused");
+    env.sim.set_faults(Faults {
+        error_status: 503,
+        error_body: Some(echoed),
+        retry_after_seconds: Some(0),
+        matching: Some("POST /identity/token".into()),
+        fail_count: Some(1),
+        ..Faults::default()
+    });
+    env.client
+        .list_instance_keys(&key(MANAGER_2), AT_GUID)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&logs().lock().unwrap())
+            .contains("upstream rejected the request for apikey=<redacted>"),
+        "the echoed IAM error was logged, scrubbed"
+    );
     env.sim.set_faults(Faults {
         error_status: 503,
         retry_after_seconds: Some(0),

@@ -260,11 +260,11 @@ fn operator_rules() -> BTreeMap<String, BTreeSet<String>> {
     BTreeMap::from([
         (
             "ingestionkeyrequests.keysync.dev".to_string(),
-            set(&["get", "list", "watch", "patch", "update"]),
+            set(&["get", "list", "watch", "patch"]),
         ),
         (
             "ingestionkeyrequests.keysync.dev/status".to_string(),
-            set(&["get", "patch", "update"]),
+            set(&["get", "patch"]),
         ),
         (
             "secrets".to_string(),
@@ -290,9 +290,7 @@ fn assert_operator_rights(cp: &ControlPlane, sa: &str, ns: &str, cluster_wide: b
         ("list", "ingestionkeyrequests.keysync.dev"),
         ("watch", "ingestionkeyrequests.keysync.dev"),
         ("patch", "ingestionkeyrequests.keysync.dev"),
-        ("update", "ingestionkeyrequests.keysync.dev"),
         ("patch", "ingestionkeyrequests.keysync.dev/status"),
-        ("update", "ingestionkeyrequests.keysync.dev/status"),
         ("get", "secrets"),
         ("list", "secrets"),
         ("watch", "secrets"),
@@ -306,6 +304,8 @@ fn assert_operator_rights(cp: &ControlPlane, sa: &str, ns: &str, cluster_wide: b
         ("deletecollection", "secrets"),
         ("update", "secrets"),
         ("create", "ingestionkeyrequests.keysync.dev"),
+        ("update", "ingestionkeyrequests.keysync.dev"),
+        ("update", "ingestionkeyrequests.keysync.dev/status"),
         ("delete", "ingestionkeyrequests.keysync.dev"),
         ("get", "configmaps"),
         ("list", "pods"),
@@ -739,24 +739,84 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     );
 }
 
-/// Least privilege must also be enough: the operator binary, authenticated as the chart's
-/// ServiceAccount (its token, not impersonation), serves a request in a watched namespace from
-/// creation to deletion.
 #[tokio::test]
-async fn the_operator_works_with_only_the_rights_the_chart_grants() {
+async fn chart_network_policy_admits_only_the_named_scrapers_and_egress_to_dns_api_and_https() {
     let cp = support::control_plane();
-    install_crd(cp);
-    let operator_ns = cp.namespace("chart-run-operator").await;
-    let watched = cp.namespace("chart-run-watched").await;
-    let release = release_name("runs");
-    let manifests = render(
-        &release,
-        &operator_ns,
-        &json!({"watchNamespaces": [watched]}),
-    );
-    apply(cp, &manifests);
+    let ns = cp.namespace("chart-netpol").await;
+    let release = release_name("netpol");
+    let prometheus = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    });
+    let values = json!({"networkPolicy": {
+        "enabled": true,
+        "metrics": {"from": [prometheus]},
+        "apiServer": {"cidrs": ["10.0.0.1/32"]},
+        "https": {"cidrs": ["0.0.0.0/0"]},
+    }});
+    lint(&values);
+    let manifests = render(&release, &ns, &values);
     let objs = objects(&manifests);
-    let sa_name = find(&objs, "ServiceAccount")["metadata"]["name"]
+    let policy = find(&objs, "NetworkPolicy");
+    let deployment = find(&objs, "Deployment");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"],
+        "the policy selects the operator's pods"
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{"from": [prometheus], "ports": [{"port": 8080, "protocol": "TCP"}]}]),
+        "ingress: the admin port, from Prometheus only"
+    );
+    let egress = policy["spec"]["egress"].as_array().expect("egress rules");
+    assert_eq!(egress.len(), 3, "{egress:?}");
+    assert_eq!(
+        egress[0]["ports"],
+        json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        egress[0]["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+    assert_eq!(
+        egress[1],
+        json!({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
+               "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}),
+        "the API server"
+    );
+    assert_eq!(
+        egress[2],
+        json!({"ports": [{"port": 443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
+        "HTTPS: IBM Cloud"
+    );
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--dry-run=server",
+            "--server-side",
+            "--field-manager=packaging-test",
+            "-f",
+            "-",
+        ],
+        Some(&for_the_test_server(&manifests)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Nobody named: no ingress at all.
+    let closed = objects(&render(
+        &release,
+        &ns,
+        &json!({"networkPolicy": {"enabled": true}}),
+    ));
+    assert_eq!(find(&closed, "NetworkPolicy")["spec"]["ingress"], json!([]));
+}
+
+/// The token of the chart's ServiceAccount (in `objs`), from the Secret the 1.20 token controller
+/// makes for it.
+async fn service_account_token(cp: &ControlPlane, operator_ns: &str, objs: &[Value]) -> String {
+    let sa_name = find(objs, "ServiceAccount")["metadata"]["name"]
         .as_str()
         .expect("ServiceAccount name")
         .to_owned();
@@ -764,9 +824,9 @@ async fn the_operator_works_with_only_the_rights_the_chart_grants() {
     // The 1.20 token controller gives the ServiceAccount a token Secret.
     let client = cp.client().await;
     let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        kube::Api::namespaced(client.clone(), &operator_ns);
+        kube::Api::namespaced(client.clone(), operator_ns);
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(client, &operator_ns);
+        kube::Api::namespaced(client, operator_ns);
     let token = std::sync::Mutex::new(String::new());
     support::wait_for(
         "the ServiceAccount's token",
@@ -796,7 +856,26 @@ async fn the_operator_works_with_only_the_rights_the_chart_grants() {
         },
     )
     .await;
-    let token = token.into_inner().unwrap();
+    token.into_inner().unwrap()
+}
+
+/// Least privilege must also be enough: the operator binary, authenticated as the chart's
+/// ServiceAccount (its token, not impersonation), serves a request in a watched namespace from
+/// creation to deletion.
+#[tokio::test]
+async fn the_operator_works_with_only_the_rights_the_chart_grants() {
+    let cp = support::control_plane();
+    install_crd(cp);
+    let operator_ns = cp.namespace("chart-run-operator").await;
+    let watched = cp.namespace("chart-run-watched").await;
+    let release = release_name("runs");
+    let manifests = render(
+        &release,
+        &operator_ns,
+        &json!({"watchNamespaces": [watched]}),
+    );
+    apply(cp, &manifests);
+    let token = service_account_token(cp, &operator_ns, &objects(&manifests)).await;
     let kubeconfig = cp.kubeconfig_for_token(&release, &token);
 
     // With leader election, as the chart runs it: the Lease rights are the chart's too.
@@ -981,3 +1060,660 @@ spec:
           type: object
           x-kubernetes-preserve-unknown-fields: true
 "#;
+
+// ---------------------------------------------------------------------------------------------
+// The Dockerfile's build context: everything cargo needs is copied.
+
+/// One instruction of a Dockerfile: the keyword (upper case) and its arguments, with line
+/// continuations joined and comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (current.is_empty() && trimmed.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (keyword, args) = current
+                    .split_once(char::is_whitespace)
+                    .unwrap_or((&current, ""));
+                instructions.push((keyword.to_ascii_uppercase(), args.trim().to_string()));
+                current.clear();
+            }
+        }
+    }
+    instructions
+}
+
+/// Whether `.dockerignore` (top-level names and `*.suffix` patterns, all it uses) excludes `rel`.
+fn docker_ignored(ignore: &[String], rel: &Path) -> bool {
+    let first = rel
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    ignore.iter().any(|pattern| {
+        let pattern = pattern.trim_start_matches('/');
+        match pattern.strip_prefix('*') {
+            Some(suffix) => name.ends_with(suffix),
+            None => first.as_deref() == Some(pattern) || rel == Path::new(pattern),
+        }
+    })
+}
+
+/// `COPY src dest` from `context` into the build directory `dir` (the WORKDIR), as Docker does:
+/// a directory's contents go into the destination; `.dockerignore` applies.
+fn docker_copy(
+    context: &Path,
+    ignore: &[String],
+    dir: &Path,
+    source: &str,
+    dest: &Path,
+    into_dir: bool,
+) -> Result<(), String> {
+    let from = context.join(source);
+    if !from.exists() {
+        return Err(format!("COPY {source}: not in the build context"));
+    }
+    let mut stack = vec![from.clone()];
+    while let Some(path) = stack.pop() {
+        let rel_context = path.strip_prefix(context).unwrap();
+        if docker_ignored(ignore, rel_context) {
+            continue;
+        }
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(|e| e.to_string())? {
+                stack.push(entry.map_err(|e| e.to_string())?.path());
+            }
+            continue;
+        }
+        let target = if path == from {
+            if into_dir {
+                dir.join(dest).join(path.file_name().unwrap())
+            } else {
+                dir.join(dest)
+            }
+        } else {
+            dir.join(dest).join(path.strip_prefix(&from).unwrap())
+        };
+        std::fs::create_dir_all(target.parent().unwrap()).map_err(|e| e.to_string())?;
+        std::fs::copy(&path, &target).map_err(|e| format!("copying {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Replays the build stage of `dockerfile` with `context` in a fresh directory: its COPY lines
+/// (honouring `.dockerignore`), the file stubs its RUN lines make (`mkdir`, `echo >`, `touch`,
+/// `rm`), and, where it runs cargo, `cargo metadata --locked --offline` (which loads every
+/// manifest and target of the workspace) and, for `cargo build`, a real
+/// `cargo build --locked --offline` of the binary (host target, dev profile: what differs from
+/// the image build is the target and the optimisation, not which files cargo reads).
+fn check_docker_build_context(dockerfile: &str, context: &Path) -> Result<(), String> {
+    let dir = tempdir("docker-context");
+    let ignore: Vec<String> = std::fs::read_to_string(context.join(".dockerignore"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let mut workdir = PathBuf::new();
+    let mut cargo_runs = 0;
+    for (keyword, args) in dockerfile_instructions(dockerfile) {
+        match keyword.as_str() {
+            // Only the first (build) stage.
+            "FROM" if cargo_runs > 0 || !workdir.as_os_str().is_empty() => break,
+            "WORKDIR" => workdir = PathBuf::from(args.trim_start_matches('/')),
+            "COPY" => {
+                let words: Vec<&str> = args.split_whitespace().collect();
+                if words.iter().any(|w| w.starts_with("--from")) {
+                    continue;
+                }
+                let words: Vec<&str> = words.into_iter().filter(|w| !w.starts_with("--")).collect();
+                let (dest, sources) = words.split_last().ok_or("COPY without arguments")?;
+                let into_dir = dest.ends_with('/') || sources.len() > 1;
+                for source in sources {
+                    docker_copy(
+                        context,
+                        &ignore,
+                        &dir,
+                        source,
+                        &workdir.join(dest),
+                        into_dir,
+                    )?;
+                }
+            }
+            "RUN" => {
+                for step in args.split("&&").map(str::trim) {
+                    let program = step.split_whitespace().next().unwrap_or("");
+                    match program {
+                        "mkdir" | "echo" | "touch" | "rm" => {
+                            assert!(
+                                !step.split_whitespace().skip(1).any(|w| w.starts_with('/')),
+                                "an absolute path in a RUN step this check replays: {step}"
+                            );
+                            let status = Command::new("sh")
+                                .args(["-c", step])
+                                .current_dir(dir.join(&workdir))
+                                .status()
+                                .map_err(|e| e.to_string())?;
+                            if !status.success() {
+                                return Err(format!("RUN step {step:?} failed"));
+                            }
+                        }
+                        "cargo" => {
+                            cargo_runs += 1;
+                            run_cargo(
+                                &dir.join(&workdir),
+                                // This platform's packages: what `cargo fetch --target`
+                                // fetched (not, say, Windows-only ones).
+                                &[
+                                    "metadata",
+                                    "--locked",
+                                    "--offline",
+                                    "--format-version=1",
+                                    "--filter-platform=x86_64-unknown-linux-gnu",
+                                ],
+                            )
+                            .map_err(|e| format!("at `{step}`: {e}"))?;
+                            if step.starts_with("cargo build") {
+                                run_cargo(
+                                    &dir.join(&workdir),
+                                    &[
+                                        "build",
+                                        "--locked",
+                                        "--offline",
+                                        "--bin",
+                                        "ingestion-key-operator",
+                                    ],
+                                )
+                                .map_err(|e| format!("at `{step}`: {e}"))?;
+                            }
+                        }
+                        _ => {} // apk, rustup, cp, the --version check: not about the context
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if cargo_runs == 0 {
+        return Err("the build stage never runs cargo".into());
+    }
+    Ok(())
+}
+
+fn run_cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cargo {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A fresh temporary directory, removed when the test process ends normally (its contents are
+/// small; a killed test leaves it in the system's temporary directory).
+fn tempdir(prefix: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "iko-{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    dir
+}
+
+#[test]
+fn dockerfile_build_context_holds_every_file_cargo_needs() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    check_docker_build_context(&dockerfile, root())
+        .unwrap_or_else(|e| panic!("the Dockerfile's build stage lacks files cargo needs: {e}"));
+
+    // The check catches the bug it was written for: the Dockerfile of commit f1d3f6a copied only
+    // Cargo.toml, Cargo.lock and src/ while Cargo.toml declared a bench (benches/scale.rs).
+    let old = Command::new("git")
+        .args(["show", "f1d3f6a:Dockerfile"])
+        .current_dir(root())
+        .output();
+    match old {
+        Ok(out) if out.status.success() => {
+            let context = tempdir("f1d3f6a");
+            let archive = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "git archive f1d3f6a | tar -x -C '{}'",
+                    context.display()
+                ))
+                .current_dir(root())
+                .status()
+                .expect("git archive");
+            assert!(archive.success(), "git archive f1d3f6a");
+            let error = check_docker_build_context(&String::from_utf8_lossy(&out.stdout), &context)
+                .expect_err("the Dockerfile of f1d3f6a must fail the check");
+            assert!(error.contains("scale"), "{error}");
+            let _ = std::fs::remove_dir_all(&context);
+        }
+        _ => eprintln!(
+            "no git history with commit f1d3f6a here: the old Dockerfile is not re-checked"
+        ),
+    }
+}
+
+/// The same compiler flags in both image builds: the Dockerfile's RUSTFLAGS and
+/// hack/build-image.sh's (`make image`), with their own source paths remapped to the same names.
+#[test]
+fn dockerfile_and_make_image_use_the_same_compiler_flags() {
+    let normalise = |flags: &str| -> BTreeSet<String> {
+        flags
+            .split_whitespace()
+            .map(|flag| match flag.strip_prefix("--remap-path-prefix=") {
+                Some(mapping) => format!(
+                    "--remap-path-prefix=*={}",
+                    mapping.rsplit_once('=').expect("FROM=TO").1
+                ),
+                None => flag.to_string(),
+            })
+            .collect()
+    };
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let docker = dockerfile
+        .split("RUSTFLAGS=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("RUSTFLAGS in the Dockerfile");
+    let script =
+        std::fs::read_to_string(root().join("hack/build-image.sh")).expect("hack/build-image.sh");
+    let make = script
+        .split("RUSTFLAGS_IMAGE=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("RUSTFLAGS_IMAGE in hack/build-image.sh");
+    assert_eq!(
+        normalise(docker),
+        normalise(make),
+        "Dockerfile: {docker}\nhack/build-image.sh: {make}"
+    );
+    assert!(make.contains("-C target-feature=+crt-static"), "{make}");
+    // Both build the release profile of the locked dependencies, offline.
+    for needle in ["--locked", "--offline"] {
+        assert!(
+            dockerfile.contains(needle) && script.contains(needle),
+            "{needle}"
+        );
+    }
+    assert!(script.contains("PROFILE=${PROFILE:-release}"));
+    assert!(dockerfile.contains("cargo build --release"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image, built here with buildah (hack/build-image.sh, what `make image` runs) and run from
+// its own root filesystem with `buildah run`.
+
+/// The cargo profile of the image the tests build: dev by default (the release build takes
+/// minutes on 2 cores with LTO); `IKO_IMAGE_PROFILE=release` tests what `make image` ships.
+fn image_profile() -> String {
+    std::env::var("IKO_IMAGE_PROFILE").unwrap_or_else(|_| "dev".into())
+}
+
+struct Image {
+    archive: PathBuf,
+    /// buildah's private storage (hack/build-image.sh's, under IMAGE_DIR).
+    dir: PathBuf,
+}
+
+impl Image {
+    fn buildah(&self) -> Command {
+        let mut cmd = Command::new("buildah");
+        cmd.arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn buildah_ok(&self, args: &[&str]) -> String {
+        let out = self.buildah().args(args).output().expect("running buildah");
+        assert!(
+            out.status.success(),
+            "buildah {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A working container from the archive; removed on drop.
+    fn container(&self) -> Container<'_> {
+        let archive = format!("oci-archive:{}", self.archive.display());
+        let name = self
+            .buildah_ok(&["from", "--quiet", &archive])
+            .trim()
+            .to_string();
+        Container { image: self, name }
+    }
+}
+
+struct Container<'a> {
+    image: &'a Image,
+    name: String,
+}
+
+impl Container<'_> {
+    /// `buildah run` of the image's binary with `args`, as the image's user, host network.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.image
+            .buildah()
+            .args([
+                "run",
+                "--isolation",
+                "chroot",
+                "--network",
+                "host",
+                &self.name,
+                "--",
+            ])
+            .arg("/ingestion-key-operator")
+            .args(args)
+            .output()
+            .expect("buildah run")
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self.image.buildah().args(["rm", &self.name]).output();
+    }
+}
+
+/// The image of this build, built once per test binary; `None` (with the reason printed) where
+/// buildah cannot run: it needs root here (vfs storage, chroot isolation).
+fn image() -> Option<&'static Image> {
+    static IMAGE: OnceLock<Option<Image>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let root_user = Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout == b"0\n");
+            if root_user.ok() != Some(true) {
+                eprintln!(
+                    "SKIPPED: the image tests need root for buildah (vfs storage, chroot isolation)"
+                );
+                return None;
+            }
+            let has = |program: &str| {
+                Command::new("sh")
+                    .args(["-c", &format!("command -v {program}")])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            if !has("buildah") && !has("apt-get") {
+                eprintln!("SKIPPED: no buildah, and no apt-get to install it");
+                return None;
+            }
+            let dir = root().join("target/image-test");
+            let started = std::time::Instant::now();
+            let out = Command::new(root().join("hack/build-image.sh"))
+                .env("PROFILE", image_profile())
+                .env("IMAGE_DIR", &dir)
+                .env("IMAGE_NAME", "ingestion-key-operator:test")
+                .current_dir(root())
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("hack/build-image.sh");
+            assert!(out.status.success(), "hack/build-image.sh failed");
+            let archive = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            eprintln!(
+                "image ({} profile) built in {:.1}s: {} ({} bytes)",
+                image_profile(),
+                started.elapsed().as_secs_f64(),
+                archive.display(),
+                std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0)
+            );
+            Some(Image { archive, dir })
+        })
+        .as_ref()
+}
+
+/// Whether an ELF64 little-endian executable names a program interpreter (is dynamically linked).
+fn has_interpreter(elf: &[u8]) -> bool {
+    assert_eq!(&elf[..4], b"\x7fELF", "an ELF file");
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (entry_size, entries) = (u16_at(0x36), u16_at(0x38));
+    (0..entries).any(|i| {
+        let at = phoff + i * entry_size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == 3 // PT_INTERP
+    })
+}
+
+#[test]
+fn the_image_holds_a_static_binary_the_ca_bundle_and_nothing_else() {
+    let Some(image) = image() else { return };
+    let ctr = image.container();
+
+    // The configuration: non-root, the binary as entrypoint, `run` by default, OCI labels.
+    let inspect: Value =
+        serde_json::from_str(&image.buildah_ok(&["inspect", "--type", "container", &ctr.name]))
+            .expect("buildah inspect JSON");
+    let config = &inspect["OCIv1"]["config"];
+    assert_eq!(config["User"], "65532:65532");
+    assert_eq!(config["Entrypoint"], json!(["/ingestion-key-operator"]));
+    assert_eq!(config["Cmd"], json!(["run"]));
+    assert!(config["ExposedPorts"]["8080/tcp"].is_object(), "{config}");
+    assert_eq!(
+        config["Labels"]["org.opencontainers.image.title"],
+        "ingestion-key-operator"
+    );
+    assert_eq!(
+        config["Labels"]["org.opencontainers.image.licenses"],
+        "Apache-2.0"
+    );
+    assert_eq!(
+        config["Labels"]["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // The root filesystem: exactly the binary, the CA bundle and nsswitch.conf.
+    let mount = PathBuf::from(image.buildah_ok(&["mount", &ctr.name]).trim());
+    let mut files = Vec::new();
+    let mut stack = vec![mount.clone()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            files.push(path.strip_prefix(&mount).unwrap().display().to_string());
+        }
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "etc/nsswitch.conf",
+            "etc/ssl/certs/ca-certificates.crt",
+            "ingestion-key-operator"
+        ]
+    );
+    let bundle = std::fs::read_to_string(mount.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(
+        bundle.matches("-----BEGIN CERTIFICATE-----").count() >= 100,
+        "the CA bundle holds the public roots"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mount.join("etc/nsswitch.conf")).unwrap(),
+        "hosts: files dns\n"
+    );
+    let binary = std::fs::read(mount.join("ingestion-key-operator")).unwrap();
+    assert!(
+        !has_interpreter(&binary),
+        "the binary is static (no PT_INTERP)"
+    );
+    image.buildah_ok(&["umount", &ctr.name]);
+
+    // It runs from the image: --version and the CRD.
+    let version = ctr.run(&["--version"]);
+    assert!(version.status.success(), "{version:?}");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{version:?}"
+    );
+    let crd = ctr.run(&["crd"]);
+    assert!(crd.status.success(), "{crd:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&crd.stdout),
+        std::fs::read_to_string(root().join("crds").join(CRD_FILE)).unwrap(),
+        "`crd` from the image: the committed CRD"
+    );
+}
+
+/// The operator, run from its image (`buildah run`: the image's root filesystem, user and
+/// environment) with only the chart's ServiceAccount token, serves a request until it is Ready.
+/// It trusts the API server through the image's CA bundle (the test server's CA is added to the
+/// image's `/etc/ssl/certs/ca-certificates.crt`; the kubeconfig names no CA), and reaches the
+/// simulator as `http://localhost:PORT` (the static glibc binary resolves names through the
+/// image's nsswitch.conf and the /etc/hosts the runtime provides, as the kubelet does): name
+/// resolution and the CA bundle work in the image as they will in a cluster.
+#[tokio::test]
+async fn the_operator_runs_from_its_image_as_the_chart_service_account() {
+    let Some(image) = image() else { return };
+    let cp = support::control_plane();
+    install_crd(cp);
+    let operator_ns = cp.namespace("image-operator").await;
+    let watched = cp.namespace("image-watched").await;
+    let release = release_name("image");
+    let manifests = render(
+        &release,
+        &operator_ns,
+        &json!({"watchNamespaces": [watched]}),
+    );
+    apply(cp, &manifests);
+    let token = service_account_token(cp, &operator_ns, &objects(&manifests)).await;
+
+    // The container: the image, plus the test API server's CA in the image's bundle.
+    let ctr = image.container();
+    let mount = PathBuf::from(image.buildah_ok(&["mount", &ctr.name]).trim());
+    let bundle_path = mount.join("etc/ssl/certs/ca-certificates.crt");
+    let mut bundle = std::fs::read_to_string(&bundle_path).expect("the image's CA bundle");
+    bundle.push_str(&std::fs::read_to_string(cp.ca_file()).expect("the test CA"));
+    std::fs::write(&bundle_path, bundle).unwrap();
+    image.buildah_ok(&["umount", &ctr.name]);
+
+    // A kubeconfig for the ServiceAccount that names no CA: the API server's certificate must be
+    // trusted through the image's bundle. (By address: the test server's self-signed certificate
+    // names 127.0.0.1, not localhost.)
+    let config_dir = tempdir("image-config");
+    let server = cp.server_url().to_string();
+    std::fs::write(
+        config_dir.join("kubeconfig"),
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: envtest
+  cluster:
+    server: {server}
+users:
+- name: operator
+  user:
+    token: {token}
+contexts:
+- name: envtest
+  context: {{cluster: envtest, user: operator, namespace: default}}
+current-context: envtest
+"
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            config_dir.join("kubeconfig"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+
+    let storage = image.dir.clone();
+    let name = ctr.name.clone();
+    let volume = format!("{}:/config:ro", config_dir.display());
+    let launcher: fixtures::Launcher = std::sync::Arc::new(move |args: &[String]| {
+        let mut cmd = Command::new("buildah");
+        cmd.arg("--root")
+            .arg(storage.join("storage"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "run",
+                "--isolation",
+                "chroot",
+                "--network",
+                "host",
+            ])
+            .args(["--volume", &volume])
+            .args(["--env", "KUBECONFIG=/config/kubeconfig"])
+            .args([
+                "--env",
+                "RUST_LOG=debug,hyper=info,kube=info,tower=info,rustls=info,h2=info",
+            ])
+            .args([name.as_str(), "--", "/ingestion-key-operator"])
+            // The simulator by name: localhost must resolve inside the image.
+            .args(
+                args.iter()
+                    .map(|a| a.replace("http://127.0.0.1:", "http://localhost:")),
+            );
+        cmd
+    });
+    let lease_args = [
+        "--leader-elect",
+        "--leader-election-namespace",
+        operator_ns.as_str(),
+    ];
+    let env = fixtures::Env::in_namespace_launched(
+        watched,
+        &config_dir.join("kubeconfig"),
+        &lease_args,
+        Some(launcher),
+    )
+    .await;
+    env.keep_secret(&token);
+    env.api_key_secret("ibmcloud-api-key", fixtures::MANAGER_KEY)
+        .await;
+    env.create_request(
+        "from-the-image",
+        json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}),
+    )
+    .await;
+    env.wait_ready("from-the-image").await;
+    env.secret_value("logdna-agent-key", "logdna-agent-key")
+        .await;
+    env.finish().await;
+    let _ = std::fs::remove_dir_all(&config_dir);
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
@@ -536,10 +536,12 @@ impl IbmCloud {
                     (error, None, retryable)
                 }
             };
+            // Every secret this request carries: its API key and token, or, for a token
+            // exchange, the API key in the form body (IAM's error bodies may echo it).
+            let form_key = form_api_key(&request.body);
             let mut secrets: Vec<&str> = api_key.map(SecretString::expose).into_iter().collect();
-            if let Some(t) = &token {
-                secrets.push(t.expose());
-            }
+            secrets.extend(token.as_ref().map(SecretString::expose));
+            secrets.extend(form_key.as_ref().map(SecretString::expose));
             if error.kind == ErrorKind::RateLimited
                 && let Some(caller) = &caller
             {
@@ -633,7 +635,16 @@ impl IbmCloud {
             .request(request.method.clone(), request.url.clone())
             .header(ACCEPT, "application/json");
         if let Some(token) = token {
-            builder = builder.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+            // Sensitive: never shown by the Debug output of the request or its headers.
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    let message = "the IAM token is not a valid HTTP header value";
+                    let error =
+                        IbmError::new(request.operation, ErrorKind::InvalidResponse, message);
+                    (error, false)
+                })?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
         }
         builder = match &request.body {
             Body::Empty => builder,
@@ -814,6 +825,15 @@ pub fn next_page_url(endpoints: &Endpoints, first: &Url, next: &str) -> Result<U
         .extend_pairs(kept)
         .append_pair("start", &start);
     Ok(url)
+}
+
+/// The API key in the form body of a token exchange (decoded), to scrub from errors.
+fn form_api_key(body: &Body) -> Option<SecretString> {
+    let Body::Form(form) = body else { return None };
+    let url = Url::parse(&format!("http://form.invalid/?{}", form.expose())).ok()?;
+    url.query_pairs()
+        .find(|(name, _)| name == "apikey")
+        .map(|(_, value)| SecretString::new(value.into_owned()))
 }
 
 #[cfg(test)]

@@ -24,6 +24,23 @@ pub mod reason {
     /// Not a condition reason: a Kubernetes API call failed, so no status could be written either.
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
 
+    /// Every reason a failed reconcile can report ([`super::ReconcileError::reason`]): the
+    /// metrics start each of them at 0, so that `rate()` and absence alerts work from the start.
+    pub const FAILURES: [&str; 12] = [
+        INVALID_SPEC,
+        API_KEY_SECRET_NOT_FOUND,
+        API_KEY_INVALID,
+        PERMISSION_DENIED,
+        INSTANCE_NOT_FOUND,
+        INSTANCE_AMBIGUOUS,
+        INSTANCE_NOT_ACTIVE,
+        CREDENTIAL_FIELD_MISSING,
+        SECRET_CONFLICT,
+        IBM_CLOUD_UNAVAILABLE,
+        DELETION_BLOCKED,
+        KUBERNETES_API_ERROR,
+    ];
+
     /// Reasons retried soon (1 s doubling to 5 min); every other reason is a problem a person must
     /// fix, retried late (5 min doubling to 1 h) or on the next change.
     pub fn is_transient(reason: &str) -> bool {

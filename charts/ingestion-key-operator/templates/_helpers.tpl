@@ -78,8 +78,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The rules of the operator, and nothing more:
-- IngestionKeyRequests: read and watch them, patch finalizers (update for the finalizer list).
-- their status subresource: write conditions.
+- IngestionKeyRequests: read and watch them, patch finalizers (JSON patch; no update).
+- their status subresource: read it, write conditions (merge patch; no update).
 - Secrets: read the API key Secret and the managed Secret (get), watch the managed Secrets (list,
   watch: by label, and as metadata to notice API key Secrets appearing), write the managed Secret
   (create, patch). No delete and no update: owner references remove managed Secrets.
@@ -88,10 +88,10 @@ The rules of the operator, and nothing more:
 {{- define "iko.rules" -}}
 - apiGroups: ["keysync.dev"]
   resources: ["ingestionkeyrequests"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["keysync.dev"]
   resources: ["ingestionkeyrequests/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]

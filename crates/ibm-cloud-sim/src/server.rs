@@ -70,7 +70,15 @@ impl Shared {
 
     pub fn set_faults(&self, faults: Faults) {
         let mut state = lock(&self.faults);
-        tracing::info!(?faults, "simulator: faults set");
+        // Not the error body: tests make it echo what clients sent (API keys included).
+        let logged = Faults {
+            error_body: faults
+                .error_body
+                .as_ref()
+                .map(|b| format!("<{} bytes>", b.len())),
+            ..faults.clone()
+        };
+        tracing::info!(faults = ?logged, "simulator: faults set");
         state.remaining_failures = faults.fail_count;
         state.faults = faults;
         state.fault_window = Window::default();

@@ -41,7 +41,7 @@ fn serves_the_demo_seed_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
 
-    let ok = post_token(&url, "demo-api-key-manager");
+    let ok = post_token(&url, "FAKE-simulator-only-apikey-manager");
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     let body: serde_json::Value =
         serde_json::from_str(ok.split("\r\n\r\n").nth(1).unwrap()).unwrap();
