@@ -26,7 +26,7 @@ pub mod reason {
 
     /// Every reason a failed reconcile can report ([`super::ReconcileError::reason`]): the
     /// metrics start each of them at 0, so that `rate()` and absence alerts work from the start.
-    pub const FAILURES: [&str; 12] = [
+    pub const FAILURES: [&str; 13] = [
         INVALID_SPEC,
         API_KEY_SECRET_NOT_FOUND,
         API_KEY_INVALID,
@@ -38,6 +38,7 @@ pub mod reason {
         SECRET_CONFLICT,
         IBM_CLOUD_UNAVAILABLE,
         DELETION_BLOCKED,
+        SECRET_WRITE_REJECTED,
         KUBERNETES_API_ERROR,
     ];
 
