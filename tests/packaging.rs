@@ -1254,8 +1254,12 @@ fn check_docker_build_context(dockerfile: &str, context: &Path) -> Result<(), St
 }
 
 fn run_cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
+    // One build directory for every replay, kept between runs: the dependencies compile once,
+    // later runs rebuild only the replayed workspace's own crates.
+    let target = root().join("target/dockerfile-context");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .env("CARGO_TARGET_DIR", &target)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
