@@ -78,6 +78,10 @@ pub struct RunArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// The shortest spec.rotation.interval accepted. For tests and demos only: production keeps
+    /// the contract's 1h.
+    #[arg(long, default_value = "1h", value_parser = duration_arg, hide = true)]
+    pub min_rotation_interval: Duration,
     /// Take part in leader election (a Lease named ingestion-key-operator): only the leader
     /// reconciles; the others stand by, ready, and take over when it goes.
     #[arg(long)]
@@ -257,6 +261,7 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         instance_cache_ttl: args.instance_cache_ttl,
         key_creation_grace: args.key_creation_grace,
         concurrency: args.concurrency,
+        min_rotation_interval: args.min_rotation_interval,
     };
     let elector = match args.leader_elect {
         true => Some(elector(

@@ -28,6 +28,14 @@ pub const MANAGED_BY_VALUE: &str = "ingestion-key-operator";
 pub const READY_CONDITION: &str = "Ready";
 /// The shortest refresh interval accepted: anything shorter would hammer IBM Cloud.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest rotation interval accepted (the operator's `--min-rotation-interval` may lower it,
+/// for tests only).
+pub const MIN_ROTATION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Annotation on a request: any new value asks for one rotation of its key.
+pub const ROTATE_ANNOTATION: &str = "keysync.dev/rotate";
+/// Pod-template annotation set on restart targets: the fingerprint of the credential they must
+/// run with (a change rolls them out, as `kubectl rollout restart` does).
+pub const FINGERPRINT_ANNOTATION: &str = "keysync.dev/credential-fingerprint";
 
 /// Asks the operator for an IBM Cloud resource key (service credential) on a service instance and
 /// keeps one of its credential fields (the ingestion key by default) in a Secret for log agents.
@@ -93,6 +101,69 @@ pub struct IngestionKeyRequestSpec {
     /// it, Retain keeps it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Scheduled rotation, and how a replaced key is retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
+    /// Workloads in this namespace that read the key at start: rolled out (their pod template
+    /// annotated with the credential's fingerprint) whenever the credential changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_targets: Vec<RestartTarget>,
+}
+
+/// When the key is rotated, and how the key it replaces is retired.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// Rotate the key this often (at least 1h, for example 720h). Absent: rotate only on demand
+    /// (annotation keysync.dev/rotate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// How long a replaced key stays valid after its successor is in use (Secret written,
+    /// restart targets rolled out) before it is deleted.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: String,
+    /// How long to wait for restart targets to roll out before reporting RolloutStalled (the
+    /// replaced key is kept until the rollout completes).
+    #[serde(default = "default_rollout_timeout")]
+    pub rollout_timeout: String,
+}
+
+impl Default for RotationSpec {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            grace_period: default_grace_period(),
+            rollout_timeout: default_rollout_timeout(),
+        }
+    }
+}
+
+/// A workload restarted when the credential changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTarget {
+    /// DaemonSet, Deployment or StatefulSet.
+    pub kind: RestartKind,
+    /// Name of the workload, in the request's namespace.
+    pub name: String,
+}
+
+/// The kinds of workload a request can restart.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RestartKind {
+    DaemonSet,
+    Deployment,
+    StatefulSet,
+}
+
+impl std::fmt::Display for RestartKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DaemonSet => "DaemonSet",
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+        })
+    }
 }
 
 /// Identifies the service instance: exactly one of name, guid, crn.
@@ -242,6 +313,82 @@ pub struct IngestionKeyRequestStatus {
     /// longer needs the API key Secret.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keys_deleted: bool,
+    /// Rotations: the last request handled, the last rotation, the next scheduled one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+    /// Keys replaced by the current one, waiting for deletion. A key leaves this list only once
+    /// it is deleted (or, if the operator did not create it, retained).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring_keys: Vec<RetiringKey>,
+    /// The roll-out of restart targets to the current credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// What the operator did about rotations.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// The last keysync.dev/rotate value handled: each value acts once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+    /// When the key was last replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+    /// When the next scheduled rotation is due (only with spec.rotation.interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Time>,
+}
+
+/// A replaced key waiting for deletion.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiringKey {
+    /// GUID of the key.
+    pub guid: String,
+    /// Name of the key.
+    pub name: String,
+    /// CRN of the key.
+    pub crn: String,
+    /// Whether the operator created it (only such keys are deleted; others are retained).
+    #[serde(default)]
+    pub created_by_operator: bool,
+    /// When it was replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<Time>,
+    /// When it is deleted: set once its successor is in use (the Secret holds it and the restart
+    /// targets rolled out), plus the grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_after: Option<Time>,
+    /// Failed deletions so far (retried with back-off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delete_attempts: u32,
+    /// Why the last deletion failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delete_error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The roll-out of restart targets to one credential.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Fingerprint of the credential the targets are rolled out to.
+    pub fingerprint: String,
+    /// When the operator restarted the targets.
+    pub started_at: Time,
+    /// When every target had rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Set once rolloutTimeout passed without the roll-out completing (RolloutStalled).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stalled: bool,
+    /// Restart targets that do not exist (kind/name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_targets: Vec<String>,
 }
 
 /// The resolved IBM Cloud service instance.
@@ -268,6 +415,14 @@ pub struct ResourceKeyStatus {
     pub crn: String,
     /// Name of the resource key.
     pub name: String,
+    /// The role it was created with, as sent to IBM Cloud (base role name or role CRN); empty
+    /// when unknown (a key found by name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
+    /// Whether the operator created it. A key found by a custom name that the operator did not
+    /// create is used but never deleted.
+    #[serde(default)]
+    pub created_by_operator: bool,
 }
 
 /// A resource key creation that was started but not yet recorded.
@@ -300,6 +455,12 @@ fn default_secret_name() -> String {
 fn default_secret_key() -> String {
     "logdna-agent-key".into()
 }
+fn default_grace_period() -> String {
+    "10m".into()
+}
+fn default_rollout_timeout() -> String {
+    "10m".into()
+}
 
 /// How the instance is identified, after validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,7 +480,17 @@ pub enum InstanceSelector {
 pub struct ValidSpec {
     pub instance: InstanceSelector,
     pub refresh_interval: Duration,
+    /// The request's base key name (default or `resourceKey.name`); replacements append `:r<N>`.
     pub key_name: String,
+    pub rotation: Rotation,
+}
+
+/// `spec.rotation`, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub interval: Option<Duration>,
+    pub grace_period: Duration,
+    pub rollout_timeout: Duration,
 }
 
 /// Why a spec is invalid: the message of the `InvalidSpec` condition.
@@ -338,8 +509,17 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 /// Checks what the CRD's schema and CEL rules check (older API servers skip CEL), plus what no
 /// schema can express, and derives the key name. Every problem is reported, not just the first.
 pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
+    validate_with(request, MIN_ROTATION_INTERVAL)
+}
+
+/// [`validate`], accepting rotation intervals down to `min_rotation_interval`.
+pub fn validate_with(
+    request: &IngestionKeyRequest,
+    min_rotation_interval: Duration,
+) -> Result<ValidSpec, SpecError> {
     let spec = &request.spec;
     let mut problems = Vec::new();
+    let rotation = rotation(spec, min_rotation_interval, &mut problems);
     let instance = instance_selector(&spec.instance, &mut problems);
     check_secrets(spec, &mut problems);
     if spec.resource_key.role.trim().is_empty() {
@@ -376,12 +556,54 @@ pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
                 instance,
                 refresh_interval,
                 key_name,
+                rotation,
             })
         }
         (_, _, None) if problems.is_empty() => Err(SpecError(
             "the request has no namespace, name or uid yet".into(),
         )),
         _ => Err(SpecError(problems.join("; "))),
+    }
+}
+
+/// `spec.rotation` and `spec.restartTargets`.
+fn rotation(
+    spec: &IngestionKeyRequestSpec,
+    min_interval: Duration,
+    problems: &mut Vec<String>,
+) -> Rotation {
+    let given = spec.rotation.clone().unwrap_or_default();
+    let mut duration = |field: &str, text: &str| {
+        parse_duration(text).unwrap_or_else(|| {
+            problems.push(format!(
+                "spec.rotation.{field} {text:?} is not a duration like 10m or 1h"
+            ));
+            Duration::ZERO
+        })
+    };
+    let grace_period = duration("gracePeriod", &given.grace_period);
+    let rollout_timeout = duration("rolloutTimeout", &given.rollout_timeout);
+    let interval = given
+        .interval
+        .as_deref()
+        .map(|text| duration("interval", text));
+    if let Some(interval) = interval.filter(|i| *i < min_interval) {
+        problems.push(format!(
+            "spec.rotation.interval {interval:?} is shorter than the minimum {min_interval:?}"
+        ));
+    }
+    for target in &spec.restart_targets {
+        if !is_dns_subdomain(&target.name) {
+            problems.push(format!(
+                "spec.restartTargets: {:?} is not a valid {} name",
+                target.name, target.kind
+            ));
+        }
+    }
+    Rotation {
+        interval,
+        grace_period,
+        rollout_timeout,
     }
 }
 

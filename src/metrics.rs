@@ -36,6 +36,10 @@ pub struct Metrics {
     duration: Mutex<Histogram>,
     /// Whether this process reconciles (holds the leader lease, or runs without election).
     leader: AtomicBool,
+    /// Deletions of replaced keys, by result ("deleted", "failed").
+    retired_key_deletions: Mutex<BTreeMap<&'static str, u64>>,
+    /// Replacements of a key (rotations, moves, role changes, lost one-time values).
+    rotations: std::sync::atomic::AtomicU64,
 }
 
 /// Every known label value starts at 0: a series exists from the first scrape, so that `rate()`
@@ -47,6 +51,10 @@ impl Default for Metrics {
             failures: Mutex::new(reason::FAILURES.into_iter().map(|r| (r, 0)).collect()),
             duration: Mutex::default(),
             leader: AtomicBool::default(),
+            retired_key_deletions: Mutex::new(
+                ["deleted", "failed"].into_iter().map(|r| (r, 0)).collect(),
+            ),
+            rotations: Default::default(),
         }
     }
 }
@@ -72,6 +80,17 @@ impl Metrics {
         }
         histogram.count += 1;
         histogram.sum += seconds;
+    }
+
+    /// Records one deletion attempt of a replaced key.
+    pub fn observe_retired_key_deletion(&self, deleted: bool) {
+        let result = if deleted { "deleted" } else { "failed" };
+        *lock(&self.retired_key_deletions).entry(result).or_default() += 1;
+    }
+
+    /// Records that a key was replaced by a new one.
+    pub fn observe_rotation(&self) {
+        self.rotations.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -105,6 +124,26 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "{PREFIX}_reconcile_total{{result=\"{result}\"}} {count}"
+            );
+        }
+        header(
+            &mut out,
+            "key_rotations_total",
+            "counter",
+            "Resource keys replaced by a new one (rotation, move, role change, lost one-time value).",
+        );
+        let rotations = self.rotations.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{PREFIX}_key_rotations_total {rotations}");
+        header(
+            &mut out,
+            "retired_key_deletions_total",
+            "counter",
+            "Deletions of replaced resource keys after their grace period, by result (failed ones are retried).",
+        );
+        for (result, count) in lock(&self.retired_key_deletions).iter() {
+            let _ = writeln!(
+                out,
+                "{PREFIX}_retired_key_deletions_total{{result=\"{result}\"}} {count}"
             );
         }
         header(

@@ -47,6 +47,18 @@ pub fn render_secret(request: &IngestionKeyRequest, credential: &SecretString) -
     })
 }
 
+/// The value in `secret` whose fingerprint is `fingerprint`, under whichever data key (a one-time
+/// credential is looked for where it was written, even if `spec.secret.key` changed since).
+pub fn held_credential(secret: &Secret, fingerprint: &str) -> Option<SecretString> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(_, ByteString(bytes))| String::from_utf8(bytes.clone()).ok())
+        .map(SecretString::new)
+        .find(|value| value.fingerprint() == fingerprint)
+}
+
 /// Whose a Secret in the cluster is, as far as this request is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretOwnership {

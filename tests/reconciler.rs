@@ -316,6 +316,12 @@ fn key_guid(request: &IngestionKeyRequest) -> String {
         .expect("a key is recorded")
 }
 
+/// `spec` with replaced keys deleted as soon as their successor is in use.
+fn without_grace(mut spec: serde_json::Value) -> serde_json::Value {
+    spec["rotation"] = serde_json::json!({"gracePeriod": "0s"});
+    spec
+}
+
 fn spec_on(instance_guid: &str) -> serde_json::Value {
     serde_json::json!({
         "instance": {"guid": instance_guid},
@@ -487,7 +493,7 @@ async fn a_vanished_key_is_replaced_in_the_same_secret() {
 #[tokio::test]
 async fn a_move_deletes_the_old_key_only_once_the_secret_holds_the_new_one() {
     let h = Harness::new("rec-move").await;
-    h.create("at", spec_on(AT_GUID)).await;
+    h.create("at", without_grace(spec_on(AT_GUID))).await;
     h.reconcile("at").await.expect("apply");
     let old = h.get("at").await;
     let old_value = h.secret_value().await.unwrap();
@@ -500,7 +506,16 @@ async fn a_move_deletes_the_old_key_only_once_the_secret_holds_the_new_one() {
         .await
         .unwrap();
     h.reconcile("at").await.expect("move");
+    let retiring = h.get("at").await.status.unwrap().retiring_keys;
+    assert_eq!(
+        retiring.len(),
+        1,
+        "the old key waits in status.retiringKeys"
+    );
+    assert_eq!(retiring[0].guid, key_guid(&old));
+    h.reconcile("at").await.expect("retire");
     let new = h.get("at").await;
+    assert!(new.status.as_ref().unwrap().retiring_keys.is_empty());
     let new_value = h.secret_value().await.unwrap();
     assert_ne!(new_value, old_value, "the other instance has its own key");
     assert_eq!(new_value, h.credential_of(&key_guid(&new)).await);
@@ -654,12 +669,13 @@ async fn move_to(h: &Harness, name: &str, instance_guid: &str) {
         .await
         .unwrap();
     h.reconcile(name).await.expect("move");
+    h.reconcile(name).await.expect("retire the old key");
 }
 
 #[tokio::test]
 async fn every_event_tells_what_happened_then() {
     let h = Harness::new("rec-events").await;
-    h.create("at", spec_on(AT_GUID)).await;
+    h.create("at", without_grace(spec_on(AT_GUID))).await;
     h.reconcile("at").await.expect("apply");
     let first = key_guid(&h.get("at").await);
     move_to(&h, "at", LA_GUID).await;

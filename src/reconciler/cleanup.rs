@@ -35,6 +35,8 @@ pub(super) async fn cleanup(
     let default_name = default_key_name(request);
     let (recorded_key, search) = match plan::cleanup(&recorded, retain, default_name.as_deref()) {
         CleanupPlan::Release { retained } => {
+            // Keys it replaced go whatever the policy (it governs only the key in use).
+            retire_all(ctx, request, &reference).await;
             return release(ctx, request, &reference, retained.as_ref()).await;
         }
         CleanupPlan::Delete { recorded, search } => (recorded, search),
@@ -58,13 +60,62 @@ pub(super) async fn cleanup(
         })?;
     let deleted = delete_all(ctx, request, &api_key, recorded_key.as_ref(), search)
         .await
-        .map_err(blocked)?;
+        .map_err(blocked)?
+        + delete_retiring(ctx, request, &api_key)
+            .await
+            .map_err(blocked)?;
     super::status::keys_deleted(ctx, request).await?;
     super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name).await?;
     lock(&ctx.last_api_keys).remove(&reference);
     ctx.forget_events(request);
     info!(deleted, "released (resource key deleted)");
     Ok(Action::await_change())
+}
+
+/// With `Retain`: deletes the keys the request replaced when the API key is at hand (it is not
+/// held for such a request); otherwise says what is left behind.
+async fn retire_all(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    reference: &ObjectRef<IngestionKeyRequest>,
+) {
+    let retiring = request.status.as_ref().map_or(0, |s| s.retiring_keys.len());
+    if retiring == 0 {
+        return;
+    }
+    let outcome = match api_key_for_cleanup(ctx, request, reference).await {
+        Some(api_key) => delete_retiring(ctx, request, &api_key).await,
+        None => Err("the API key Secret is gone".to_owned()),
+    };
+    if let Err(why) = outcome {
+        let note =
+            format!("could not delete the {retiring} replaced key(s) of this request: {why}");
+        let failed = event_reason::RESOURCE_KEY_DELETE_FAILED;
+        ctx.publish(request, EventType::Warning, failed, note).await;
+    }
+}
+
+/// Deletes the replaced keys the operator created (others are left to their owners).
+async fn delete_retiring(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    api_key: &SecretString,
+) -> Result<usize, String> {
+    let why = "the request that replaced it was deleted";
+    let reason = event_reason::RESOURCE_KEY_DELETED;
+    let mut deleted = 0;
+    let status = request.status.clone().unwrap_or_default();
+    for key in status
+        .retiring_keys
+        .iter()
+        .filter(|k| k.created_by_operator)
+    {
+        let outcome = delete_and_report(ctx, request, api_key, &key.guid, &key.name, reason, why)
+            .await
+            .map_err(|e| e.to_string())?;
+        deleted += usize::from(outcome == KeyDeletion::Deleted);
+    }
+    Ok(deleted)
 }
 
 /// Lets a request go that has no key to delete (none was made, or `deletionPolicy: Retain`).
@@ -75,8 +126,13 @@ async fn release(
     retained: Option<&ResourceKeyStatus>,
 ) -> Result<Action, ReconcileError> {
     if let Some(key) = retained {
+        let why = if request.spec.deletion_policy == DeletionPolicy::Retain {
+            "deletionPolicy Retain"
+        } else {
+            "the operator did not create it"
+        };
         let note = format!(
-            "kept resource key {} ({}) in IBM Cloud (deletionPolicy Retain)",
+            "kept resource key {} ({}) in IBM Cloud ({why})",
             key.name, key.guid
         );
         let reason = event_reason::RESOURCE_KEY_RETAINED;

@@ -63,6 +63,12 @@ pub mod event_reason {
     pub const RESOURCE_KEY_RETAINED: &str = "ResourceKeyRetained";
     pub const DUPLICATE_RESOURCE_KEY_DELETED: &str = "DuplicateResourceKeyDeleted";
     pub const RESOURCE_KEY_DELETE_FAILED: &str = "ResourceKeyDeleteFailed";
+    pub const ROTATION_STARTED: &str = "RotationStarted";
+    pub const ROLLOUT_RESTARTED: &str = "RolloutRestarted";
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    pub const ROLLOUT_STALLED: &str = "RolloutStalled";
+    pub const RESTART_TARGET_NOT_FOUND: &str = "RestartTargetNotFound";
+    pub const SECRET_DELETED: &str = "SecretDeleted";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -8,25 +8,24 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
+use kube::ResourceExt;
+
 use super::{
     Context, ReconcileError, event_reason,
-    plan::{self, Found, KeyPlan, Lookup, Recorded, Wanted},
+    plan::{self, Found, KeyPlan, Lookup, Recorded, ReplaceCause, Wanted},
     status,
 };
 use crate::{
-    crd::{DeletionPolicy, IngestionKeyRequest, ResourceKeyStatus, default_key_name},
-    ibm::{
-        CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey,
-        role_for_key,
-    },
+    crd::{IngestionKeyRequest, ROTATE_ANNOTATION, default_key_name},
+    ibm::{CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey},
     redact::SecretString,
 };
 
-/// The key to use, and the one it replaces (to delete once the Secret holds the new one).
+/// The key to use, with the request as last written (recording a key writes its status).
 pub(super) enum KeyLookup {
     Found {
         key: Box<ResourceKey>,
-        replaced: Option<ResourceKeyStatus>,
+        request: Box<IngestionKeyRequest>,
     },
     /// A creation recorded in status may still complete in IBM Cloud: wait this long, then look
     /// again before creating.
@@ -40,46 +39,90 @@ pub(super) struct Access<'a> {
     pub secret_name: &'a str,
 }
 
+/// The key the spec asks for.
+pub(super) struct KeyTarget<'a> {
+    pub instance: &'a ResourceInstance,
+    /// The request's key name (default or `resourceKey.name`), before any `:r<N>`.
+    pub base_name: &'a str,
+    /// The role as sent to IBM Cloud.
+    pub role: &'a str,
+    /// Replace the recorded key, and why.
+    pub replace: Option<ReplaceCause>,
+}
+
 /// Finds the request's key, or creates it. Never creates while an earlier creation may still
 /// land, and deletes duplicates of a default-named key (which only this request can have made).
+/// A key that replaces the recorded one is recorded together with the old key's retirement.
 pub(super) async fn ensure_key(
     ctx: &Context,
     request: &IngestionKeyRequest,
     access: &Access<'_>,
-    instance: &ResourceInstance,
-    key_name: &str,
+    target: &KeyTarget<'_>,
 ) -> Result<KeyLookup, ReconcileError> {
     let status = request.status.clone().unwrap_or_default();
     let recorded = Recorded {
         key: status.resource_key.as_ref(),
         pending: status.pending_key_creation.as_ref(),
     };
+    let key_name = plan::wanted_key_name(target.base_name, recorded.key, target.replace.is_some());
+    let default_name = default_key_name(request)
+        .is_some_and(|base| plan::replacement_number(&base, &key_name).is_some());
     let wanted = Wanted {
-        instance_guid: &instance.guid,
-        key_name,
-        default_name: default_key_name(request).as_deref() == Some(key_name),
+        instance_guid: &target.instance.guid,
+        key_name: &key_name,
+        default_name,
     };
     let found = look_up(ctx, access, &plan::lookup(&recorded, &wanted), &wanted).await?;
     let grace = ctx.settings.key_creation_grace;
-    let key = match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
-        KeyPlan::Wait(wait) => return Ok(KeyLookup::CreationInFlight(wait)),
-        KeyPlan::Create => create(ctx, request, access, instance, key_name).await?,
-        found @ KeyPlan::Use { .. } => adopt(ctx, request, access, instance, found).await?,
+    let ours_by_pending = recorded.pending.is_some_and(|p| p.name == key_name);
+    let (key, created_by_operator, written) =
+        match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
+            KeyPlan::Wait(wait) => return Ok(KeyLookup::CreationInFlight(wait)),
+            KeyPlan::Create => {
+                let replaced = recorded.key.map(|k| k.name.as_str());
+                let (key, written) =
+                    create(ctx, request, access, target, &key_name, replaced).await?;
+                (key, true, Some(written))
+            }
+            found @ KeyPlan::Use { .. } => {
+                let ours = default_name || ours_by_pending;
+                (adopt(ctx, request, access, found).await?, ours, None)
+            }
+        };
+    // The status as last written (a creation records itself as pending first).
+    let latest = written.as_ref().unwrap_or(request);
+    let replaces = plan::replaced(&recorded, &key.guid);
+    let is_recorded = recorded.key.is_some_and(|k| k.guid == key.guid);
+    let request = if is_recorded && recorded.pending.is_none() {
+        request.clone()
+    } else {
+        let requested = request.annotations().get(ROTATE_ANNOTATION).cloned();
+        let handles_request =
+            matches!(target.replace, Some(ReplaceCause::Requested)) || recorded.key.is_none();
+        let role = if created_by_operator { target.role } else { "" };
+        let record = status::KeyRecord {
+            key: &key,
+            role,
+            created_by_operator,
+            replaces,
+            rotation_request: requested.filter(|_| handles_request),
+        };
+        if replaces.is_some() {
+            ctx.metrics.observe_rotation();
+        }
+        status::record_key(ctx, latest, target.instance, record).await?
     };
-    let replaced = plan::replaced(&recorded, &key.guid).cloned();
     Ok(KeyLookup::Found {
         key: Box::new(key),
-        replaced,
+        request: Box::new(request),
     })
 }
 
-/// Carries out [`KeyPlan::Use`]: deletes the duplicates it names, records the key if status
-/// does not name it yet, and returns it.
+/// Carries out [`KeyPlan::Use`]: deletes the duplicates it names and returns the key.
 async fn adopt(
     ctx: &Context,
     request: &IngestionKeyRequest,
     access: &Access<'_>,
-    instance: &ResourceInstance,
     plan: KeyPlan,
 ) -> Result<ResourceKey, ReconcileError> {
     let KeyPlan::Use {
@@ -103,11 +146,7 @@ async fn adopt(
         let _ = delete_and_report(ctx, request, access.api_key, guid, name, reason, &why).await;
     }
     if record {
-        status::record_key(ctx, request, instance, &key).await?;
-        let note = format!(
-            "reusing resource key {} ({}) on instance {}",
-            key.name, key.guid, instance.name
-        );
+        let note = format!("reusing resource key {} ({})", key.name, key.guid);
         let reused = event_reason::RESOURCE_KEY_REUSED;
         ctx.publish(request, EventType::Normal, reused, note).await;
     }
@@ -146,9 +185,11 @@ async fn create(
     ctx: &Context,
     request: &IngestionKeyRequest,
     access: &Access<'_>,
-    instance: &ResourceInstance,
+    target: &KeyTarget<'_>,
     key_name: &str,
-) -> Result<ResourceKey, ReconcileError> {
+    replaced: Option<&str>,
+) -> Result<(ResourceKey, IngestionKeyRequest), ReconcileError> {
+    let instance = target.instance;
     let attempt = CreationAttempt::of(request, access, instance, key_name);
     if let Some(refused) = ctx.refused_creation(request, &attempt) {
         // Asking again now would get the same answer; the back-off decides when to ask again.
@@ -158,14 +199,20 @@ async fn create(
             refused,
         ));
     }
-    status::record_pending(ctx, request, key_name, instance).await?;
+    let written = status::record_pending(ctx, request, key_name, instance).await?;
+    if let Some(old) = replaced {
+        let why = target.replace.map_or_else(
+            || "the spec moved the key to another instance or name".to_owned(),
+            |cause| cause.to_string(),
+        );
+        let note = format!("creating resource key {key_name} to replace {old}: {why}");
+        let started = event_reason::ROTATION_STARTED;
+        ctx.publish(request, EventType::Normal, started, note).await;
+    }
     let create = CreateKeyRequest {
         name: key_name.to_owned(),
         source: instance.guid.clone(),
-        role: role_for_key(
-            &request.spec.resource_key.role,
-            instance.service_name().unwrap_or_default(),
-        ),
+        role: target.role.to_owned(),
     };
     let key = match ctx.ibm.create_key(access.api_key, &create).await {
         Ok(key) => key,
@@ -181,7 +228,6 @@ async fn create(
             ));
         }
     };
-    status::record_key(ctx, request, instance, &key).await?;
     let note = format!(
         "created resource key {} ({}) with role {} on instance {}",
         key.name, key.guid, create.role, instance.name
@@ -194,7 +240,7 @@ async fn create(
     )
     .await;
     info!(key = %key.guid, "created resource key");
-    Ok(key)
+    Ok((key, written))
 }
 
 /// What a creation depends on: when none of it changed, a refused creation is refused again.
@@ -225,24 +271,6 @@ impl CreationAttempt {
 /// IBM Cloud answered with a 4xx other than 429: the request was refused, no key exists.
 fn is_definite_refusal(error: &IbmError) -> bool {
     matches!(error.status, Some(400..=499)) && error.kind() != ErrorKind::RateLimited
-}
-
-/// Deletes the key the request used before, once the Secret holds its replacement (unless the
-/// policy is Retain). A failure is logged and reported as an event.
-pub(super) async fn retire_replaced(
-    ctx: &Context,
-    request: &IngestionKeyRequest,
-    api_key: &SecretString,
-    replaced: Option<&ResourceKeyStatus>,
-    current: &ResourceKey,
-) {
-    let Some(old) = replaced else { return };
-    if request.spec.deletion_policy == DeletionPolicy::Retain {
-        return;
-    }
-    let why = format!("replaced by {} ({})", current.name, current.guid);
-    let reason = event_reason::RESOURCE_KEY_DELETED;
-    let _ = delete_and_report(ctx, request, api_key, &old.guid, &old.name, reason, &why).await;
 }
 
 /// The one place a key is deleted: the outcome is logged, a deletion is published as an event

@@ -12,6 +12,8 @@ pub mod error;
 mod instance;
 mod keys;
 pub mod plan;
+mod retire;
+mod rollout;
 mod secret;
 mod status;
 
@@ -61,6 +63,8 @@ pub struct Settings {
     pub key_creation_grace: Duration,
     /// Reconciles running at once.
     pub concurrency: u16,
+    /// The shortest `spec.rotation.interval` accepted (1h; lower only in tests).
+    pub min_rotation_interval: Duration,
 }
 
 impl Default for Settings {
@@ -70,6 +74,7 @@ impl Default for Settings {
             instance_cache_ttl: Duration::from_secs(300),
             key_creation_grace: Duration::from_secs(60),
             concurrency: 16,
+            min_rotation_interval: crate::crd::MIN_ROTATION_INTERVAL,
         }
     }
 }

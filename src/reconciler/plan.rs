@@ -171,6 +171,108 @@ pub fn replaced<'a>(recorded: &Recorded<'a>, current_guid: &str) -> Option<&'a R
     recorded.key.filter(|k| k.guid != current_guid)
 }
 
+/// Why the key in use is replaced by a new one (in the one order of every replacement: new key,
+/// Secret, roll-out, grace period, deletion of the old key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplaceCause {
+    /// A new `keysync.dev/rotate` value.
+    Requested,
+    /// `spec.rotation.interval` has passed.
+    Scheduled,
+    /// `spec.resourceKey.role` changed.
+    RoleChanged,
+    /// A one-time credential that the Secret no longer holds (IBM Cloud shows it only once).
+    ValueLost,
+}
+
+impl std::fmt::Display for ReplaceCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Requested => "rotation requested (annotation keysync.dev/rotate)",
+            Self::Scheduled => "scheduled rotation (spec.rotation.interval)",
+            Self::RoleChanged => "the role changed",
+            Self::ValueLost => "the one-time credential is no longer in the Secret",
+        })
+    }
+}
+
+/// What decides whether the recorded key is replaced, from the request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RotationState<'a> {
+    /// The value of the `keysync.dev/rotate` annotation.
+    pub requested: Option<&'a str>,
+    /// `status.rotation.lastRequest`.
+    pub last_request: Option<&'a str>,
+    /// `status.rotation.nextRotationTime`, when a schedule is set.
+    pub next_rotation: Option<Timestamp>,
+    /// The role the recorded key was created with (empty: unknown).
+    pub recorded_role: &'a str,
+    /// The role the spec asks for, as sent to IBM Cloud.
+    pub wanted_role: &'a str,
+    /// An earlier replacement is still under way (its successor not yet in use): a new one runs
+    /// after it.
+    pub replacing: bool,
+}
+
+/// Whether the recorded key must be replaced, and why. Nothing is replaced before a key exists
+/// (a rotation annotation present at creation is simply taken as handled).
+pub fn replace_cause(
+    recorded: &Recorded,
+    state: &RotationState,
+    now: Timestamp,
+) -> Option<ReplaceCause> {
+    recorded.key?;
+    if state.replacing {
+        return None;
+    }
+    if state.requested.is_some() && state.requested != state.last_request {
+        return Some(ReplaceCause::Requested);
+    }
+    if state.next_rotation.is_some_and(|next| next <= now) {
+        return Some(ReplaceCause::Scheduled);
+    }
+    if !state.recorded_role.is_empty() && state.recorded_role != state.wanted_role {
+        return Some(ReplaceCause::RoleChanged);
+    }
+    None
+}
+
+/// IBM's limit on key names.
+const MAX_KEY_NAME: usize = 180;
+
+/// The name of the `n`th replacement of the key named `base`: `base:r<n>` (`base` itself for 0),
+/// `base` shortened as needed to stay within IBM's 180 characters.
+pub fn replacement_name(base: &str, n: u32) -> String {
+    if n == 0 {
+        return base.to_owned();
+    }
+    let suffix = format!(":r{n}");
+    let room = MAX_KEY_NAME.saturating_sub(suffix.len());
+    let kept: String = base.chars().take(room).collect();
+    format!("{kept}{suffix}")
+}
+
+/// Which replacement of `base` the key `name` is (0: `base` itself), or `None` when it is not a
+/// key of that name at all (the request moved to another key name).
+pub fn replacement_number(base: &str, name: &str) -> Option<u32> {
+    if name == base {
+        return Some(0);
+    }
+    let (stem, n) = name.rsplit_once(":r")?;
+    let n: u32 = n.parse().ok().filter(|n| *n > 0)?;
+    (replacement_name(base, n) == name && base.starts_with(stem)).then_some(n)
+}
+
+/// The name of the key the request should use: the recorded key's name while it is a key of
+/// `base`, the next replacement's when the key is replaced, `base` after a move to a new name.
+pub fn wanted_key_name(base: &str, recorded: Option<&ResourceKeyStatus>, replace: bool) -> String {
+    match recorded.and_then(|k| replacement_number(base, &k.name)) {
+        Some(n) if replace => replacement_name(base, n.saturating_add(1)),
+        Some(n) => replacement_name(base, n),
+        None => base.to_owned(),
+    }
+}
+
 /// What deletion of a request must do in IBM Cloud.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CleanupPlan {
@@ -193,6 +295,18 @@ pub fn cleanup(recorded: &Recorded, retain: bool, default_name: Option<&str>) ->
     if recorded.key.is_none() && recorded.pending.is_none() {
         return CleanupPlan::Release { retained: None };
     }
+    let in_default_family =
+        |name: &str| default_name.is_some_and(|base| replacement_number(base, name).is_some());
+    if let Some(key) = recorded.key
+        && recorded.pending.is_none()
+        && !key.created_by_operator
+        && !in_default_family(&key.name)
+    {
+        // Found by a custom name, made by someone else: used, never deleted.
+        return CleanupPlan::Release {
+            retained: Some(key.clone()),
+        };
+    }
     let from_pending = recorded
         .pending
         .map(|p| (p.instance_guid.as_str(), p.name.as_str()));
@@ -201,7 +315,7 @@ pub fn cleanup(recorded: &Recorded, retain: bool, default_name: Option<&str>) ->
         .and_then(|k| Some((key_instance_guid(k)?, k.name.as_str())));
     let search = from_pending
         .or(from_key)
-        .filter(|(_, name)| Some(*name) == default_name)
+        .filter(|(_, name)| in_default_family(name))
         .map(|(guid, name)| (guid.to_owned(), name.to_owned()));
     CleanupPlan::Delete {
         recorded: recorded.key.cloned(),
@@ -237,6 +351,7 @@ mod tests {
             guid: guid.into(),
             crn: crn(instance, guid),
             name: name.into(),
+            ..ResourceKeyStatus::default()
         }
     }
 
@@ -517,6 +632,111 @@ mod tests {
     }
 
     #[test]
+    fn replacements_are_numbered_after_the_base_name() {
+        assert_eq!(replacement_name(NAME, 0), NAME);
+        assert_eq!(replacement_name(NAME, 3), format!("{NAME}:r3"));
+        assert_eq!(replacement_number(NAME, NAME), Some(0));
+        assert_eq!(replacement_number(NAME, &format!("{NAME}:r12")), Some(12));
+        assert_eq!(replacement_number(NAME, "team-key"), None);
+        assert_eq!(replacement_number(NAME, &format!("{NAME}:r0")), None);
+        assert_eq!(replacement_number(NAME, &format!("{NAME}:rx")), None);
+        let long = "k".repeat(180);
+        let fifth = replacement_name(&long, 5);
+        assert_eq!(fifth.len(), 180, "IBM's limit holds");
+        assert_eq!(replacement_number(&long, &fifth), Some(5));
+    }
+
+    #[test]
+    fn the_wanted_name_follows_the_recorded_key_and_moves_on_replacement() {
+        let r2 = status_key("k", &format!("{NAME}:r2"), INSTANCE);
+        assert_eq!(wanted_key_name(NAME, Some(&r2), false), r2.name);
+        assert_eq!(wanted_key_name(NAME, Some(&r2), true), format!("{NAME}:r3"));
+        assert_eq!(wanted_key_name(NAME, None, false), NAME);
+        let other = status_key("k", "team-key", INSTANCE);
+        assert_eq!(
+            wanted_key_name(NAME, Some(&other), true),
+            NAME,
+            "a move to a new name is the replacement itself"
+        );
+    }
+
+    #[test]
+    fn a_key_is_replaced_on_a_new_request_a_due_schedule_or_a_new_role() {
+        let k = status_key("k1", NAME, INSTANCE);
+        let recorded = Recorded {
+            key: Some(&k),
+            pending: None,
+        };
+        let idle = RotationState {
+            requested: Some("v1"),
+            last_request: Some("v1"),
+            next_rotation: Some(now()),
+            recorded_role: "Manager",
+            wanted_role: "Manager",
+            replacing: false,
+        };
+        let later = ago(-1);
+        assert_eq!(replace_cause(&recorded, &idle, ago(1)), None);
+        assert_eq!(
+            replace_cause(&recorded, &idle, later),
+            Some(ReplaceCause::Scheduled)
+        );
+        let requested = RotationState {
+            requested: Some("v2"),
+            ..idle
+        };
+        assert_eq!(
+            replace_cause(&recorded, &requested, ago(1)),
+            Some(ReplaceCause::Requested)
+        );
+        let role = RotationState {
+            wanted_role: "Writer",
+            ..idle
+        };
+        assert_eq!(
+            replace_cause(&recorded, &role, ago(1)),
+            Some(ReplaceCause::RoleChanged)
+        );
+        let unknown_role = RotationState {
+            recorded_role: "",
+            wanted_role: "Writer",
+            ..idle
+        };
+        assert_eq!(replace_cause(&recorded, &unknown_role, ago(1)), None);
+        let busy = RotationState {
+            replacing: true,
+            ..requested
+        };
+        assert_eq!(
+            replace_cause(&recorded, &busy, ago(1)),
+            None,
+            "a rotation asked for during a replacement runs after it"
+        );
+        assert_eq!(
+            replace_cause(&Recorded::default(), &requested, ago(1)),
+            None,
+            "no key yet: nothing to replace"
+        );
+    }
+
+    #[test]
+    fn cleanup_searches_a_pending_replacement_of_the_default_name() {
+        let name = format!("{NAME}:r2");
+        let p = pending(&name, INSTANCE, ago(5));
+        let recorded = Recorded {
+            key: None,
+            pending: Some(&p),
+        };
+        assert_eq!(
+            cleanup(&recorded, false, Some(NAME)),
+            CleanupPlan::Delete {
+                recorded: None,
+                search: Some((INSTANCE.into(), name)),
+            }
+        );
+    }
+
+    #[test]
     fn cleanup_with_retain_deletes_nothing() {
         let k = status_key("k1", NAME, INSTANCE);
         let recorded = Recorded {
@@ -572,8 +792,24 @@ mod tests {
     }
 
     #[test]
-    fn cleanup_never_searches_a_custom_name() {
+    fn cleanup_never_deletes_a_custom_named_key_it_did_not_create() {
         let k = status_key("k1", "team-key", INSTANCE);
+        let recorded = Recorded {
+            key: Some(&k),
+            pending: None,
+        };
+        assert_eq!(
+            cleanup(&recorded, false, Some(NAME)),
+            CleanupPlan::Release {
+                retained: Some(k.clone())
+            }
+        );
+    }
+
+    #[test]
+    fn cleanup_never_searches_a_custom_name() {
+        let mut k = status_key("k1", "team-key", INSTANCE);
+        k.created_by_operator = true;
         let recorded = Recorded {
             key: Some(&k),
             pending: None,

@@ -4,10 +4,12 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::events::EventType,
 };
+use tracing::warn;
 
-use super::{Context, ReconcileError};
+use super::{Context, ReconcileError, event_reason, reason};
 use crate::{
     crd::{FIELD_MANAGER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     redact::SecretString,
@@ -69,17 +71,111 @@ pub(super) async fn sync(
     if !needs_update(&existing, &desired) {
         return Ok(SecretOutcome::Unchanged);
     }
-    // The resourceVersion makes the apply conditional: had the Secret changed hands since it
-    // was read, the API server refuses (409) and the next reconcile looks again.
+    // Updated in place (same object, same uid). The resourceVersion makes the patch conditional:
+    // had the Secret changed hands since it was read, the API server refuses (409) and the next
+    // reconcile looks again. Data keys other than ours are removed (JSON null), so that after a
+    // change of spec.secret.key the Secret holds exactly the one key.
     desired.metadata.resource_version = existing.metadata.resource_version.clone();
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(secret_name, &params, &Patch::Apply(&desired))
+    let others = existing.metadata.owner_references.iter().flatten();
+    let mut owners: Vec<_> = others
+        .filter(|o| o.controller != Some(true))
+        .cloned()
+        .collect();
+    owners.extend(
+        desired
+            .metadata
+            .owner_references
+            .take()
+            .into_iter()
+            .flatten(),
+    );
+    desired.metadata.owner_references = Some(owners);
+    let mut body = serde_json::to_value(&desired)
+        .map_err(|e| ReconcileError::Unexpected(format!("cannot encode the Secret: {e}")))?;
+    for stale in existing.data.iter().flatten().map(|(k, _)| k) {
+        if *stale != request.spec.secret.key {
+            body["data"][stale] = serde_json::Value::Null;
+        }
+    }
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(secret_name, &params, &Patch::Merge(&body))
         .await
         .map_err(ReconcileError::secret_write(
-            "apply the Secret",
+            "update the Secret",
             secret_name,
         ))?;
     Ok(SecretOutcome::Updated)
+}
+
+/// The Secret the request wrote before `spec.secret.name` changed, if it is still there and ours.
+pub(super) async fn previous(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<Option<Secret>, ReconcileError> {
+    let Some(name) = request
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+    else {
+        return Ok(None);
+    };
+    if name == request.spec.secret.name {
+        return Ok(None);
+    }
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(ReconcileError::kube("read the previous Secret"))?;
+    Ok(secret.filter(|s| ownership(s, request) == SecretOwnership::Ours))
+}
+
+/// After `spec.secret.name` changed and the new Secret is written: deletes the old one (ours
+/// only, and only that very object), so that no stale Secret keeps a live key. A failure is
+/// reported and retried at the next sync, never fatal.
+pub(super) async fn delete_previous(ctx: &Context, request: &IngestionKeyRequest) {
+    let old = match previous(ctx, request).await {
+        Ok(Some(old)) => old,
+        Ok(None) => return,
+        Err(error) => {
+            warn!(%error, "could not read the previous Secret");
+            return;
+        }
+    };
+    let name = old.name_any();
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: old.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let (type_, reason, note) = match api.delete(&name, &params).await {
+        Ok(_) => (
+            EventType::Normal,
+            event_reason::SECRET_DELETED,
+            format!(
+                "deleted Secret {name}: the credential now lives in Secret {}",
+                request.spec.secret.name
+            ),
+        ),
+        Err(kube::Error::Api(status)) if status.code == 404 => return,
+        Err(error) => {
+            warn!(secret = %name, %error, "could not delete the previous Secret");
+            (
+                EventType::Warning,
+                reason::SECRET_WRITE_REJECTED,
+                format!("could not delete the previous Secret {name}: {error}"),
+            )
+        }
+    };
+    ctx.publish(request, type_, reason, note).await;
 }
 
 /// `Ok` when the existing Secret is ours or an orphan of ours (its owning request is gone);

@@ -14,7 +14,8 @@ use serde::Serialize;
 use super::{Context, ReconcileError, reason};
 use crate::{
     crd::{
-        IngestionKeyRequest, InstanceStatus, PendingKeyCreation, READY_CONDITION, ResourceKeyStatus,
+        IngestionKeyRequest, InstanceStatus, PendingKeyCreation, READY_CONDITION,
+        ResourceKeyStatus, RetiringKey, RolloutStatus,
     },
     ibm::{ResourceInstance, ResourceKey},
 };
@@ -43,11 +44,43 @@ pub(super) struct StatusPatch {
     pub last_sync_time: Option<Time>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys_deleted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationPatch>,
+    /// The whole list (a merge patch replaces lists): only written with the resourceVersion it
+    /// was computed from, so that a stale view can never drop a key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retiring_keys: Option<Vec<RetiringKey>>,
+    /// Written whole, fields left empty as explicit nulls (a merge patch keeps absent fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<serde_json::Value>,
+}
+
+/// The fields of `status.rotation` one write sets.
+#[derive(Serialize, Default, Debug)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RotationPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+    /// `Some(None)` clears it (the schedule was removed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Option<Time>>,
 }
 
 #[derive(Serialize, Debug)]
 struct StatusBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Precondition>,
     status: &'a StatusPatch,
+}
+
+/// A resourceVersion in a patch makes it conditional: the API server refuses (409) a patch
+/// computed from an older version of the object.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct Precondition {
+    resource_version: String,
 }
 
 async fn patch(
@@ -56,15 +89,40 @@ async fn patch(
     status: &StatusPatch,
     action: &'static str,
 ) -> Result<(), ReconcileError> {
+    send(ctx, request, status, None, action).await.map(|_| ())
+}
+
+/// A patch that applies only to the version of the request it was computed from (see
+/// [`Precondition`]); returns the request as written.
+pub(super) async fn patch_checked(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    status: &StatusPatch,
+    action: &'static str,
+) -> Result<IngestionKeyRequest, ReconcileError> {
+    let precondition = request
+        .metadata
+        .resource_version
+        .clone()
+        .map(|resource_version| Precondition { resource_version });
+    send(ctx, request, status, precondition, action).await
+}
+
+async fn send(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    status: &StatusPatch,
+    metadata: Option<Precondition>,
+    action: &'static str,
+) -> Result<IngestionKeyRequest, ReconcileError> {
     let namespace = request.namespace().unwrap_or_default();
     let api: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     api.patch_status(
         &request.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(StatusBody { status }),
+        &Patch::Merge(StatusBody { metadata, status }),
     )
     .await
-    .map(|_| ())
     .map_err(ReconcileError::kube(action))
 }
 
@@ -113,21 +171,40 @@ pub(super) fn instance_status(instance: &ResourceInstance) -> InstanceStatus {
     }
 }
 
-pub(super) fn key_status(key: &ResourceKey) -> ResourceKeyStatus {
+pub(super) fn key_status(
+    key: &ResourceKey,
+    role: &str,
+    created_by_operator: bool,
+) -> ResourceKeyStatus {
     ResourceKeyStatus {
         guid: key.guid.clone(),
         crn: key.crn.clone(),
         name: key.name.clone(),
+        role: role.to_owned(),
+        created_by_operator,
     }
 }
 
-/// Records that a key named `name` is about to be created on the instance.
+/// What recording a key (newly created or found) writes besides the key itself.
+pub(super) struct KeyRecord<'a> {
+    pub key: &'a ResourceKey,
+    /// The role it was created with, as sent ("" when unknown).
+    pub role: &'a str,
+    pub created_by_operator: bool,
+    /// The key it replaces, which joins `retiringKeys` in the same write: never forgotten.
+    pub replaces: Option<&'a ResourceKeyStatus>,
+    /// The `keysync.dev/rotate` value this handles.
+    pub rotation_request: Option<String>,
+}
+
+/// Records that a key named `name` is about to be created on the instance; returns the request
+/// as written.
 pub(super) async fn record_pending(
     ctx: &Context,
     request: &IngestionKeyRequest,
     name: &str,
     instance: &ResourceInstance,
-) -> Result<(), ReconcileError> {
+) -> Result<IngestionKeyRequest, ReconcileError> {
     let pending = PendingKeyCreation {
         name: name.to_owned(),
         instance_guid: instance.guid.clone(),
@@ -138,7 +215,7 @@ pub(super) async fn record_pending(
         instance: Some(Some(instance_status(instance))),
         ..StatusPatch::default()
     };
-    patch(ctx, request, &status, "record pending key creation").await
+    send(ctx, request, &status, None, "record pending key creation").await
 }
 
 /// Records, during deletion, that the request's keys are gone (it no longer needs the API key).
@@ -165,20 +242,84 @@ pub(super) async fn clear_pending(
     patch(ctx, request, &status, "clear pending key creation").await
 }
 
-/// Records the key the request owns (before anything else is done with it).
+/// Records the key the request owns (before anything else is done with it), moving the key it
+/// replaces to `retiringKeys` in the same write. Returns the request as written.
 pub(super) async fn record_key(
     ctx: &Context,
     request: &IngestionKeyRequest,
     instance: &ResourceInstance,
-    key: &ResourceKey,
-) -> Result<(), ReconcileError> {
+    record: KeyRecord<'_>,
+) -> Result<IngestionKeyRequest, ReconcileError> {
+    let now = Time(Timestamp::now());
+    let current = request.status.clone().unwrap_or_default();
+    let retiring_keys = record.replaces.map(|old| {
+        let mut keys = current.retiring_keys.clone();
+        if !keys.iter().any(|k| k.guid == old.guid) {
+            keys.push(RetiringKey {
+                guid: old.guid.clone(),
+                name: old.name.clone(),
+                crn: old.crn.clone(),
+                created_by_operator: old.created_by_operator,
+                retired_at: Some(now.clone()),
+                delete_after: None,
+                delete_attempts: 0,
+                last_delete_error: None,
+            });
+        }
+        keys
+    });
+    let rotated = record.replaces.is_some();
+    let rotation = (rotated || record.rotation_request.is_some()).then(|| RotationPatch {
+        last_request: record.rotation_request,
+        last_rotation_time: rotated.then(|| now.clone()),
+        next_rotation_time: None,
+    });
     let status = StatusPatch {
-        resource_key: Some(key_status(key)),
+        resource_key: Some(key_status(
+            record.key,
+            record.role,
+            record.created_by_operator,
+        )),
         instance: Some(Some(instance_status(instance))),
         pending_key_creation: Some(None),
+        retiring_keys,
+        rotation,
         ..StatusPatch::default()
     };
-    patch(ctx, request, &status, "record resource key in status").await
+    patch_checked(ctx, request, &status, "record resource key in status").await
+}
+
+/// Writes the list of retiring keys, computed from `request` as read.
+pub(super) async fn retiring_keys(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    keys: Vec<RetiringKey>,
+) -> Result<IngestionKeyRequest, ReconcileError> {
+    let status = StatusPatch {
+        retiring_keys: Some(keys),
+        ..StatusPatch::default()
+    };
+    patch_checked(ctx, request, &status, "record retiring keys").await
+}
+
+/// Writes the state of the roll-out of restart targets.
+pub(super) async fn rollout(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    rollout: &RolloutStatus,
+) -> Result<IngestionKeyRequest, ReconcileError> {
+    let whole = serde_json::json!({
+        "fingerprint": rollout.fingerprint,
+        "startedAt": rollout.started_at,
+        "completedAt": rollout.completed_at,
+        "stalled": rollout.stalled,
+        "missingTargets": rollout.missing_targets,
+    });
+    let status = StatusPatch {
+        rollout: Some(whole),
+        ..StatusPatch::default()
+    };
+    send(ctx, request, &status, None, "record the roll-out").await
 }
 
 /// Ready=True: the Secret holds the current credential.
@@ -188,8 +329,14 @@ pub(super) async fn synced(
     instance: &ResourceInstance,
     fingerprint: &str,
     message: String,
+    next_rotation: Option<Option<Time>>,
 ) -> Result<(), ReconcileError> {
+    let rotation = next_rotation.map(|next| RotationPatch {
+        next_rotation_time: Some(next),
+        ..RotationPatch::default()
+    });
     let status = StatusPatch {
+        rotation,
         observed_generation: request.metadata.generation,
         conditions: Some(vec![ready_condition(
             request,

@@ -18,7 +18,8 @@
 //!   relative `next_url` carrying an opaque `start` token (`null` on the last page; other query
 //!   parameters are ignored when `start` is present). Creating a key answers 201, deleting 204; a
 //!   deleted key still reads as `state: "removed"` and a second delete answers 410. Credentials
-//!   are `{"REDACTED": "REDACTED"}` when the caller's service role is below the key's.
+//!   are `{"REDACTED": "REDACTED"}` when the caller's service role is below the key's, and on every
+//!   read after the creation response for keys of an instance with `onetime_credentials: true`.
 //!   Errors have the `ErrorReport` shape `{error_code, message, status_code, transaction_id}`; every
 //!   reply has a `Transaction-Id` header and `X-RateLimit-*` headers.
 //!
@@ -223,6 +224,10 @@ pub struct SeedInstance {
     pub state: Option<String>,
     #[serde(default)]
     pub ingestion_key: Option<SimSecret>,
+    /// IBM's `onetime_credentials`: keys created on the instance show their credentials only in
+    /// the creation response; every later read returns them `REDACTED`.
+    #[serde(default)]
+    pub onetime_credentials: bool,
 }
 
 impl SeedInstance {

@@ -105,6 +105,7 @@ struct Instance {
     ingestion_key: Option<String>,
     service_key: Option<String>,
     created_at: String,
+    onetime_credentials: bool,
 }
 
 impl Instance {
@@ -132,7 +133,7 @@ impl Instance {
             "resource_group_id": self.resource_group_id,
             "resource_group_crn": format!("crn:v1:bluemix:public:resource-controller::a/{}::resource-group:{}", self.account_id, self.resource_group_id),
             "target_crn": format!("crn:v1:bluemix:public:globalcatalog::::deployment:{}-{}", self.service, self.region),
-            "onetime_credentials": false,
+            "onetime_credentials": self.onetime_credentials,
             "parameters": {},
             "allow_cleanup": false,
             "crn": crn,
@@ -167,6 +168,8 @@ struct Key {
     serviceid: String,
     created_at: String,
     deleted_at: Option<String>,
+    /// Credentials shown only in the creation response.
+    onetime: bool,
 }
 
 struct Token {
@@ -423,6 +426,7 @@ impl World {
             ingestion_key,
             service_key,
             created_at: rfc3339(now_unix()),
+            onetime_credentials: seed.onetime_credentials,
         });
         Ok(guid)
     }
@@ -875,6 +879,7 @@ impl World {
             },
         };
         let instance_guid = instance.guid.clone();
+        let onetime = instance.onetime_credentials;
         let key = Key {
             guid: self.new_guid(),
             name,
@@ -887,9 +892,10 @@ impl World {
             serviceid: format!("ServiceId-{}", self.new_guid()),
             created_at: rfc3339(now_unix()),
             deleted_at: None,
+            onetime,
         };
         tracing::info!(key = %key.guid, instance = %key.instance_guid, role = key.role.as_str(), "simulator: resource key created");
-        let reply = Reply::json(201, self.key_json(&key, &caller));
+        let reply = Reply::json(201, self.key_json_revealing(&key, &caller, true));
         self.keys.push(key);
         reply
     }
@@ -1009,6 +1015,11 @@ impl World {
     }
 
     fn key_json(&self, key: &Key, caller: &Caller) -> Value {
+        self.key_json_revealing(key, caller, false)
+    }
+
+    /// `reveal`: the creation response, the only one showing one-time credentials.
+    fn key_json_revealing(&self, key: &Key, caller: &Caller, reveal: bool) -> Value {
         let crn = self.key_crn(key);
         let instance = self.instances.iter().find(|i| i.guid == key.instance_guid);
         json!({
@@ -1026,8 +1037,12 @@ impl World {
             "account_id": key.account_id,
             "resource_group_id": instance.map(|i| i.resource_group_id.clone()),
             "resource_id": instance.map(|i| format!("{}-service-id", i.service)),
-            "onetime_credentials": false,
-            "credentials": self.credentials(key, caller),
+            "onetime_credentials": key.onetime,
+            "credentials": if key.onetime && !reveal {
+                json!({"REDACTED": "REDACTED"})
+            } else {
+                self.credentials(key, caller)
+            },
             "iam_compatible": true,
             "migrated": false,
             "resource_instance_url": format!("/v2/resource_instances/{}", key.instance_guid),
@@ -1093,6 +1108,40 @@ mod tests {
         assert!(world.authenticate(Some(&bearer(&forged)), "t").is_err());
         world.expire_tokens();
         assert!(world.authenticate(Some(&bearer(&token)), "t").is_err());
+    }
+
+    #[test]
+    fn one_time_credentials_are_shown_only_in_the_creation_response() {
+        let seed = Seed::from_yaml(
+            "accounts:\n  - id: acc\n    api_keys:\n      - {key: k1, platform_role: Editor, service_role: Manager}\n    instances:\n      - {name: at, guid: g1, service: logdnaat, onetime_credentials: true}\n",
+        )
+        .unwrap();
+        let mut world = World::new(&seed, "http://127.0.0.1:1".into()).unwrap();
+        let form: HashMap<String, String> = [
+            ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
+            ("apikey", "k1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let token = world.token(&form, "t").body.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let auth = format!("Bearer {token}");
+        let created = world.create_key(
+            Some(&auth),
+            br#"{"name": "k", "source": "g1", "role": "Manager"}"#,
+            "t",
+        );
+        assert_eq!(created.status, 201);
+        let created = created.body.unwrap();
+        assert_eq!(created["onetime_credentials"], true);
+        assert!(created["credentials"]["ingestion_key"].is_string());
+        let guid = created["guid"].as_str().unwrap().to_owned();
+        let read = world.get_key(Some(&auth), &guid, "t").body.unwrap();
+        assert_eq!(read["credentials"], json!({"REDACTED": "REDACTED"}));
+        assert_eq!(world.instances[0].json()["onetime_credentials"], true);
     }
 
     #[test]
