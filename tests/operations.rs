@@ -256,3 +256,309 @@ async fn deleting_a_namespace_while_the_operator_is_down_still_deletes_every_key
     }
     env.finish().await;
 }
+
+// ---- Crash safety of a rotation, and its latency, with the operator binary ----
+
+type DaemonSets = kube::Api<k8s_openapi::api::apps::v1::DaemonSet>;
+
+async fn agent_daemonset(env: &Env) -> DaemonSets {
+    let api: DaemonSets = kube::Api::namespaced(env.client.clone(), &env.ns);
+    let ds = serde_json::from_value(json!({
+        "metadata": {"name": "logdna-agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "logdna-agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "logdna-agent"}},
+                "spec": {"containers": [{"name": "agent", "image": "logdna-agent:placeholder"}]},
+            },
+        },
+    }))
+    .unwrap();
+    api.create(&Default::default(), &ds)
+        .await
+        .expect("create DaemonSet");
+    api
+}
+
+fn ds_fingerprint(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> Option<String> {
+    ds.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("keysync.dev/credential-fingerprint")
+        .cloned()
+}
+
+/// Plays the DaemonSet controller (there is no kubelet): the current generation is rolled out.
+async fn complete_rollout(api: &DaemonSets) {
+    let generation = api.get("logdna-agent").await.unwrap().metadata.generation;
+    let status = json!({"status": {
+        "observedGeneration": generation,
+        "desiredNumberScheduled": 1, "currentNumberScheduled": 1, "numberMisscheduled": 0,
+        "numberReady": 1, "updatedNumberScheduled": 1, "numberAvailable": 1,
+    }});
+    api.patch_status(
+        "logdna-agent",
+        &Default::default(),
+        &kube::api::Patch::Merge(status),
+    )
+    .await
+    .expect("DaemonSet status");
+}
+
+async fn annotate_rotate(env: &Env, name: &str, value: &str) {
+    env.requests()
+        .patch(
+            name,
+            &Default::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"keysync.dev/rotate": value}}}),
+            ),
+        )
+        .await
+        .expect("annotate");
+}
+
+fn rotating_spec(grace: &str) -> serde_json::Value {
+    json!({
+        "instance": {"name": "my-cloud-logs"},
+        "apiKeySecretRef": {"name": "ibmcloud-api-key"},
+        "resourceKey": {"role": "Sender", "credentialField": "apikey"},
+        "secret": {"name": "logs-agent", "key": "IAM_API_KEY"},
+        "rotation": {"gracePeriod": grace, "rolloutTimeout": "10m"},
+        "restartTargets": [{"kind": "DaemonSet", "name": "logdna-agent"}],
+    })
+}
+
+/// The request's keys in the simulator as (guid, name, state).
+fn keys_of(env: &Env, name: &str) -> Vec<(String, String, String)> {
+    let prefix = format!("ikr:{}:{name}:", env.ns);
+    env.sim
+        .keys()
+        .into_iter()
+        .filter(|k| k.name.starts_with(&prefix))
+        .map(|k| (k.guid, k.name, k.state))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rotation_killed_at_every_step_ends_with_one_key_and_the_old_one_deleted_once() {
+    let mut env = Env::new("kill-rotate").await;
+    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
+    let agents = agent_daemonset(&env).await;
+    env.create_request("logs", rotating_spec("3s")).await;
+    let first = env.wait_ready("logs").await;
+    complete_rollout(&agents).await;
+    let old = first.status.as_ref().unwrap().resource_key.clone().unwrap();
+    let old_value = env.secret_value("logs-agent", "IAM_API_KEY").await;
+    wait_for(
+        "the first roll-out to complete",
+        Duration::from_secs(30),
+        || async {
+            env.requests()
+                .get("logs")
+                .await
+                .ok()
+                .and_then(|r| r.status?.rollout?.completed_at)
+                .is_some()
+        },
+    )
+    .await;
+
+    // 1. After the create: IBM Cloud made the key, the reply never arrives.
+    env.sim.set_faults(ibm_cloud_sim::Faults {
+        response_delay_ms: 30_000,
+        matching: Some("POST /v2/resource_keys".into()),
+        ..Default::default()
+    });
+    annotate_rotate(&env, "logs", "1").await;
+    wait_for(
+        "the new key to exist in IBM Cloud",
+        Duration::from_secs(30),
+        || async { keys_of(&env, "logs").len() == 2 },
+    )
+    .await;
+    env.operator.kill9();
+    env.sim.clear_faults();
+    let new = keys_of(&env, "logs")
+        .into_iter()
+        .find(|k| k.0 != old.guid)
+        .unwrap();
+    assert!(new.1.ends_with(":r1"), "{new:?}");
+    let new_value = env.key_credential(&new.0, "apikey").await;
+
+    // 2. After the Secret write.
+    env.operator.start_again();
+    wait_for(
+        "the Secret to hold the new key",
+        Duration::from_secs(30),
+        || async {
+            env.secret("logs-agent")
+                .await
+                .and_then(|s| fixtures::secret_data(&s, "IAM_API_KEY"))
+                .as_deref()
+                == Some(new_value.as_str())
+        },
+    )
+    .await;
+    env.operator.kill9();
+
+    // 3. While waiting for the roll-out.
+    env.operator.start_again();
+    wait_for(
+        "the agents to be restarted",
+        Duration::from_secs(30),
+        || async {
+            let ds = agents.get("logdna-agent").await.unwrap();
+            let request = env.requests().get("logs").await.unwrap();
+            let fingerprint = request.status.and_then(|s| s.key_fingerprint);
+            fingerprint.is_some() && ds_fingerprint(&ds) == fingerprint
+        },
+    )
+    .await;
+    env.operator.kill9();
+    assert_eq!(
+        keys_of(&env, "logs")
+            .iter()
+            .filter(|k| k.2 == "active")
+            .count(),
+        2,
+        "the old key waits for the roll-out"
+    );
+
+    // 4. Before the delete: the roll-out completed, the grace period runs.
+    env.operator.start_again();
+    complete_rollout(&agents).await;
+    wait_for(
+        "the old key's deletion to be scheduled",
+        Duration::from_secs(30),
+        || async {
+            env.requests()
+                .get("logs")
+                .await
+                .ok()
+                .and_then(|r| r.status)
+                .is_some_and(|s| {
+                    s.retiring_keys
+                        .first()
+                        .is_some_and(|k| k.delete_after.is_some())
+                })
+        },
+    )
+    .await;
+    env.operator.kill9();
+    assert_eq!(
+        env.sim
+            .keys()
+            .iter()
+            .find(|k| k.guid == old.guid)
+            .unwrap()
+            .state,
+        "active"
+    );
+
+    env.operator.start_again();
+    wait_for(
+        "the old key to be deleted",
+        Duration::from_secs(60),
+        || async {
+            // Never a deleted key still in use: the Secret never holds the old value once it is gone.
+            let held = env
+                .secret("logs-agent")
+                .await
+                .and_then(|s| fixtures::secret_data(&s, "IAM_API_KEY"));
+            let gone = env
+                .sim
+                .keys()
+                .iter()
+                .any(|k| k.guid == old.guid && k.state == "removed");
+            assert!(
+                !(gone && held.as_deref() == Some(old_value.as_str())),
+                "a deleted key still in the Secret"
+            );
+            gone
+        },
+    )
+    .await;
+    wait_for(
+        "retiringKeys to be empty",
+        Duration::from_secs(30),
+        || async {
+            env.requests()
+                .get("logs")
+                .await
+                .ok()
+                .and_then(|r| r.status)
+                .is_some_and(|s| s.retiring_keys.is_empty())
+        },
+    )
+    .await;
+    let keys = keys_of(&env, "logs");
+    assert_eq!(keys.len(), 2, "never two new keys: {keys:?}");
+    let active: Vec<_> = keys.iter().filter(|k| k.2 == "active").collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(
+        active[0].0, new.0,
+        "the key the Secret holds is the one left"
+    );
+    assert_eq!(
+        env.secret_value("logs-agent", "IAM_API_KEY").await,
+        new_value
+    );
+    let deleted = env
+        .events()
+        .await
+        .into_iter()
+        .filter(|(_, reason, note)| reason == "ResourceKeyDeleted" && note.contains(&old.guid))
+        .count();
+    assert_eq!(deleted, 1, "the old key deleted exactly once");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn rotation_latency_from_the_annotation_to_the_old_keys_deletion() {
+    let env = Env::new("rotate-latency").await;
+    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
+    let agents = agent_daemonset(&env).await;
+    // The workload controller, playing an immediate roll-out of every new generation.
+    let controller = {
+        let agents = agents.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(ds) = agents.get("logdna-agent").await {
+                    let observed = ds.status.as_ref().and_then(|s| s.observed_generation);
+                    if observed != ds.metadata.generation {
+                        complete_rollout(&agents).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    env.create_request("logs", rotating_spec("0s")).await;
+    let first = env.wait_ready("logs").await;
+    let old = first.status.unwrap().resource_key.unwrap().guid;
+    let started = Instant::now();
+    annotate_rotate(&env, "logs", "now").await;
+    wait_for(
+        "the old key to be deleted",
+        Duration::from_secs(60),
+        || async {
+            env.sim
+                .keys()
+                .iter()
+                .any(|k| k.guid == old && k.state == "removed")
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    controller.abort();
+    println!(
+        "rotation: annotation -> old key deleted in {elapsed:?} (gracePeriod 0s, immediate roll-out)"
+    );
+    assert_eq!(env.active_keys_of("logs"), 1);
+    env.finish().await;
+}
