@@ -619,7 +619,10 @@ async fn moving_a_request_to_another_instance_replaces_its_key() {
         .patch(
             "mover",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"instance": {"name": "my-log-analysis"}}})),
+            &Patch::Merge(json!({"spec": {
+                "instance": {"name": "my-log-analysis"},
+                "rotation": {"gracePeriod": "0s"},
+            }})),
         )
         .await
         .unwrap();
@@ -637,6 +640,10 @@ async fn moving_a_request_to_another_instance_replaces_its_key() {
     let after = env.requests().get("mover").await.unwrap();
     let new_key = after.status.unwrap().resource_key.unwrap().guid;
     assert_ne!(new_key, old_key);
+    wait_for("the old key to be retired", WAIT, || async {
+        env.sim_keys_of("mover").contains(&(old_key.clone(), "removed".into()))
+    })
+    .await;
     let keys = env.sim_keys_of("mover");
     assert!(
         keys.contains(&(old_key, "removed".into())),
