@@ -254,10 +254,22 @@ fn rules_of(cp: &ControlPlane, sa: &str, ns: &str) -> BTreeMap<String, BTreeSet<
     rules
 }
 
+/// Whether the chart grants the rights on restart targets (`rbac.restartTargets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RestartTargets {
+    /// `get` and `patch` on DaemonSets, Deployments and StatefulSets (the default).
+    Granted,
+    /// `rbac.restartTargets=false`: no rights on workloads at all.
+    NotGranted,
+}
+
+/// The workload kinds a request can restart, as `kubectl auth can-i` names them.
+const RESTART_KINDS: [&str; 3] = ["daemonsets.apps", "deployments.apps", "statefulsets.apps"];
+
 /// What the operator needs, exactly, in a namespace it watches.
-fn operator_rules() -> BTreeMap<String, BTreeSet<String>> {
+fn operator_rules(restart_targets: RestartTargets) -> BTreeMap<String, BTreeSet<String>> {
     let set = |verbs: &[&str]| verbs.iter().map(|v| v.to_string()).collect::<BTreeSet<_>>();
-    BTreeMap::from([
+    let mut rules = BTreeMap::from([
         (
             "ingestionkeyrequests.keysync.dev".to_string(),
             set(&["get", "list", "watch", "patch"]),
@@ -268,24 +280,37 @@ fn operator_rules() -> BTreeMap<String, BTreeSet<String>> {
         ),
         (
             "secrets".to_string(),
-            set(&["get", "list", "watch", "create", "patch"]),
+            set(&["get", "list", "watch", "create", "patch", "delete"]),
         ),
         (
             "events.events.k8s.io".to_string(),
             set(&["create", "patch"]),
         ),
-    ])
+    ]);
+    if restart_targets == RestartTargets::Granted {
+        for kind in RESTART_KINDS {
+            rules.insert(kind.to_string(), set(&["get", "patch"]));
+        }
+    }
+    rules
 }
 
 /// Checks what the operator may do in `ns` (everything it needs, nothing more); `cluster_wide`
-/// says whether it may also act across all namespaces.
-fn assert_operator_rights(cp: &ControlPlane, sa: &str, ns: &str, cluster_wide: bool) {
+/// says whether it may also act across all namespaces, `restart_targets` whether the chart
+/// granted the rights on restart targets.
+fn assert_operator_rights(
+    cp: &ControlPlane,
+    sa: &str,
+    ns: &str,
+    cluster_wide: bool,
+    restart_targets: RestartTargets,
+) {
     assert_eq!(
         rules_of(cp, sa, ns),
-        operator_rules(),
+        operator_rules(restart_targets),
         "the rules of {sa} in {ns}"
     );
-    let allowed: &[(&str, &str)] = &[
+    let mut allowed: Vec<(&str, &str)> = vec![
         ("get", "ingestionkeyrequests.keysync.dev"),
         ("list", "ingestionkeyrequests.keysync.dev"),
         ("watch", "ingestionkeyrequests.keysync.dev"),
@@ -296,11 +321,12 @@ fn assert_operator_rights(cp: &ControlPlane, sa: &str, ns: &str, cluster_wide: b
         ("watch", "secrets"),
         ("create", "secrets"),
         ("patch", "secrets"),
+        // Its own old Secret after spec.secret.name changed (uid precondition).
+        ("delete", "secrets"),
         ("create", "events.events.k8s.io"),
         ("patch", "events.events.k8s.io"),
     ];
-    let forbidden: &[(&str, &str)] = &[
-        ("delete", "secrets"),
+    let mut forbidden: Vec<(&str, &str)> = vec![
         ("deletecollection", "secrets"),
         ("update", "secrets"),
         ("create", "ingestionkeyrequests.keysync.dev"),
@@ -310,7 +336,6 @@ fn assert_operator_rights(cp: &ControlPlane, sa: &str, ns: &str, cluster_wide: b
         ("get", "configmaps"),
         ("list", "pods"),
         ("create", "pods"),
-        ("create", "deployments.apps"),
         ("create", "events"),
         ("list", "events.events.k8s.io"),
         ("create", "serviceaccounts/token"),
@@ -318,7 +343,41 @@ fn assert_operator_rights(cp: &ControlPlane, sa: &str, ns: &str, cluster_wide: b
         ("escalate", "roles.rbac.authorization.k8s.io"),
         ("impersonate", "serviceaccounts"),
         ("*", "*"),
+        // delete on Secrets only: no other kind may be deleted.
+        ("delete", "configmaps"),
+        ("delete", "pods"),
+        ("delete", "serviceaccounts"),
+        ("delete", "events.events.k8s.io"),
+        ("delete", "replicasets.apps"),
+        ("delete", "roles.rbac.authorization.k8s.io"),
+        // Restart targets are read and annotated, never scaled, listed or rewritten; no other
+        // workload kind is touched.
+        ("patch", "replicasets.apps"),
+        ("patch", "pods"),
+        ("patch", "jobs.batch"),
+        ("patch", "cronjobs.batch"),
+        ("patch", "deployments.apps/scale"),
+        ("patch", "statefulsets.apps/scale"),
+        ("patch", "daemonsets.apps/status"),
+        ("patch", "deployments.apps/status"),
+        ("patch", "statefulsets.apps/status"),
     ];
+    for kind in RESTART_KINDS {
+        for verb in [
+            "create",
+            "delete",
+            "deletecollection",
+            "update",
+            "list",
+            "watch",
+        ] {
+            forbidden.push((verb, kind));
+        }
+        match restart_targets {
+            RestartTargets::Granted => allowed.extend([("get", kind), ("patch", kind)]),
+            RestartTargets::NotGranted => forbidden.extend([("get", kind), ("patch", kind)]),
+        }
+    }
     for (verb, resource) in allowed {
         assert!(
             can_i(cp, sa, verb, resource, Some(ns)),
@@ -373,6 +432,24 @@ fn deployment_env(objects: &[Value], name: &str) -> Value {
         .find(|e| e["name"] == name)
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+/// `value` with every whole float (`0.0`) written as an integer (`0`), so that documents that
+/// differ only in how a number is spelt compare equal.
+fn whole_numbers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => json!(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(whole_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, whole_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 fn release_name(prefix: &str) -> String {
@@ -572,9 +649,10 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
         &format!("system:serviceaccount:{ns}:{fullname}"),
         &other,
         true,
+        RestartTargets::Granted,
     );
     // In its own namespace, the Lease rights on top (leader election).
-    let mut own = operator_rules();
+    let mut own = operator_rules(RestartTargets::Granted);
     own.insert(
         "leases.coordination.k8s.io".into(),
         BTreeSet::from(["create".to_string(), "get".into(), "update".into()]),
@@ -695,7 +773,7 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     apply(cp, &manifests);
     let sa = format!("system:serviceaccount:{ns}:key-operator");
     for watched in &watched {
-        assert_operator_rights(cp, &sa, watched, false);
+        assert_operator_rights(cp, &sa, watched, false, RestartTargets::Granted);
     }
     assert_eq!(
         rules_of(cp, &sa, &unwatched),
@@ -712,8 +790,13 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     );
     for (verb, resource) in [
         ("get", "secrets"),
+        ("delete", "secrets"),
         ("list", "ingestionkeyrequests.keysync.dev"),
         ("create", "events.events.k8s.io"),
+        ("get", "daemonsets.apps"),
+        ("patch", "daemonsets.apps"),
+        ("patch", "deployments.apps"),
+        ("patch", "statefulsets.apps"),
     ] {
         assert!(
             !can_i(cp, &sa, verb, resource, Some(&unwatched)),
@@ -737,6 +820,46 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
         error.contains("ibmCloud.endpoints must be public or private"),
         "{error}"
     );
+}
+
+/// `rbac.restartTargets=false`: no rights on DaemonSets, Deployments or StatefulSets, neither
+/// cluster-wide nor in watched namespaces; everything else as with the defaults.
+#[tokio::test]
+async fn chart_without_restart_target_rights_grants_nothing_on_workloads() {
+    let cp = support::control_plane();
+    install_crd(cp);
+    let off = json!({"restartTargets": false});
+
+    // Cluster-wide.
+    let ns = cp.namespace("chart-norestart").await;
+    let other = cp.namespace("chart-norestart-other").await;
+    let release = release_name("norestart");
+    let values = json!({"rbac": off});
+    lint(&values);
+    let manifests = render(&release, &ns, &values);
+    let role = find(&objects(&manifests), "ClusterRole").clone();
+    assert!(
+        role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .all(|r| r["apiGroups"] != json!(["apps"])),
+        "no apps rule: {role}"
+    );
+    apply(cp, &manifests);
+    let fullname = format!("{release}-ingestion-key-operator");
+    let sa = format!("system:serviceaccount:{ns}:{fullname}");
+    assert_operator_rights(cp, &sa, &other, true, RestartTargets::NotGranted);
+
+    // Given namespaces.
+    let operator_ns = cp.namespace("chart-norestart-scoped").await;
+    let watched = cp.namespace("chart-norestart-watched").await;
+    let release = release_name("norestart-scoped");
+    let values = json!({"watchNamespaces": [watched], "rbac": off});
+    lint(&values);
+    apply(cp, &render(&release, &operator_ns, &values));
+    let sa = format!("system:serviceaccount:{operator_ns}:{release}-ingestion-key-operator");
+    assert_operator_rights(cp, &sa, &watched, false, RestartTargets::NotGranted);
 }
 
 #[tokio::test]
@@ -973,7 +1096,13 @@ async fn kustomize_base_matches_the_chart_defaults_and_applies() {
         .expect("the CRD");
     let generated: Value =
         serde_saphyr::from_str(&ingestion_key_operator::cli::crd_yaml().unwrap()).unwrap();
-    assert_eq!(crd, generated, "the CRD in deploy/");
+    // kustomize writes the generated `minimum: 0.0` (status.retiringKeys[].deleteAttempts) as
+    // `minimum: 0`: the same number.
+    assert_eq!(
+        whole_numbers(crd),
+        whole_numbers(generated),
+        "the CRD in deploy/"
+    );
     let from_chart = by_key(&from_chart);
     assert_eq!(
         from_kustomize.keys().collect::<Vec<_>>(),
@@ -1003,6 +1132,7 @@ async fn kustomize_base_matches_the_chart_defaults_and_applies() {
         "system:serviceaccount:ingestion-key-operator:ingestion-key-operator",
         &ns,
         true,
+        RestartTargets::Granted,
     );
 }
 

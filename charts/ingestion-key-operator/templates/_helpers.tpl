@@ -82,8 +82,12 @@ The rules of the operator, and nothing more:
 - their status subresource: read it, write conditions (merge patch; no update).
 - Secrets: read the API key Secret and the managed Secret (get), watch the managed Secrets (list,
   watch: by label, and as metadata to notice API key Secrets appearing), write the managed Secret
-  (create, patch). No delete and no update: owner references remove managed Secrets.
+  (create, patch), delete the request's old Secret after spec.secret.name changed (delete: only a
+  Secret it owns, with a uid precondition). No update: owner references remove managed Secrets.
 - events.k8s.io Events: report what happened (create, patch for series).
+- With rbac.restartTargets: DaemonSets, Deployments, StatefulSets named in spec.restartTargets:
+  read their roll-out (get), annotate their pod template with the credential's fingerprint
+  (patch). No list, watch, create or delete.
 */}}
 {{- define "iko.rules" -}}
 - apiGroups: ["keysync.dev"]
@@ -94,8 +98,13 @@ The rules of the operator, and nothing more:
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.rbac.restartTargets }}
+- apiGroups: ["apps"]
+  resources: ["daemonsets", "deployments", "statefulsets"]
+  verbs: ["get", "patch"]
+{{- end }}
 {{- end }}
