@@ -274,8 +274,15 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = reconciler::shutdown_on_signals();
     let render = {
-        let metrics = metrics.clone();
-        Arc::new(move || metrics.render(&ibm.request_counts(), ibm.budget_stats()))
+        let (metrics, ctx) = (metrics.clone(), ctx.clone());
+        Arc::new(move || {
+            metrics.render_with_latency(
+                &ibm.request_counts(),
+                &ibm.request_latencies(),
+                ibm.budget_stats(),
+                &ctx.request_samples(),
+            )
+        })
     };
     let admin = admin::serve(
         listener,

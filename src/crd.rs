@@ -423,6 +423,9 @@ pub struct ResourceKeyStatus {
     /// create is used but never deleted.
     #[serde(default)]
     pub created_by_operator: bool,
+    /// When IBM Cloud created the key (its `created_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Time>,
 }
 
 /// A resource key creation that was started but not yet recorded.

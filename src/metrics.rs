@@ -11,7 +11,13 @@ use std::{
     time::Duration,
 };
 
-use crate::{ibm::BudgetStats, reconciler::reason};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::{
+    crd::{IngestionKeyRequest, READY_CONDITION},
+    ibm::{BudgetStats, LATENCY_BUCKETS, LatencyHistogram},
+    reconciler::reason,
+};
 
 const PREFIX: &str = "ingestion_key_operator";
 /// Upper bounds (seconds) of the reconcile duration histogram.
@@ -104,8 +110,25 @@ impl Metrics {
 
     /// The Prometheus text exposition of these metrics plus the IBM Cloud request counts
     /// (`((endpoint, status), count)`, as the IBM client reports them).
-    pub fn render(&self, ibm_requests: &[((String, String), u64)], budget: BudgetStats) -> String {
+    pub fn render(
+        &self,
+        ibm_requests: &[((String, String), u64)],
+        budget: BudgetStats,
+        requests: &[RequestSample],
+    ) -> String {
+        self.render_with_latency(ibm_requests, &[], budget, requests)
+    }
+
+    /// [`Metrics::render`] plus the latency of IBM Cloud requests by endpoint.
+    pub fn render_with_latency(
+        &self,
+        ibm_requests: &[((String, String), u64)],
+        ibm_latency: &[(String, LatencyHistogram)],
+        budget: BudgetStats,
+        requests: &[RequestSample],
+    ) -> String {
         let mut out = String::new();
+        render_requests(&mut out, requests);
         header(
             &mut out,
             "leader",
@@ -201,6 +224,33 @@ impl Metrics {
         }
         header(
             &mut out,
+            "ibm_request_duration_seconds",
+            "histogram",
+            "Time from sending a request to IBM Cloud to its complete answer, by endpoint.",
+        );
+        for (endpoint, histogram) in ibm_latency {
+            let endpoint = escape(endpoint);
+            let name = format!("{PREFIX}_ibm_request_duration_seconds");
+            for (count, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{endpoint=\"{endpoint}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let count = histogram.count;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "{name}_sum{{endpoint=\"{endpoint}\"}} {}",
+                histogram.sum_seconds
+            );
+            let _ = writeln!(out, "{name}_count{{endpoint=\"{endpoint}\"}} {count}");
+        }
+        header(
+            &mut out,
             "ibm_budget_delayed_requests_total",
             "counter",
             "IBM Cloud requests that waited for the process-wide rate budget (--ibm-max-rps).",
@@ -222,6 +272,137 @@ impl Metrics {
             budget.paused_millis as f64 / 1000.0
         );
         out
+    }
+}
+
+/// What the per-request metrics show of one request, read from its status. A few strings and
+/// numbers per request: the cardinality is bounded by the number of requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestSample {
+    pub namespace: String,
+    pub name: String,
+    /// The Ready condition: `None` before the first status.
+    pub ready: Option<bool>,
+    pub reason: String,
+    /// When Ready last changed (Unix seconds).
+    pub ready_since: Option<f64>,
+    /// When IBM Cloud created the key in use (Unix seconds).
+    pub key_created: Option<f64>,
+    /// When the next scheduled rotation is due (Unix seconds).
+    pub next_rotation: Option<f64>,
+    /// Replaced keys not deleted yet, and how many of them are past their deletion time.
+    pub retiring_keys: usize,
+    pub retiring_keys_overdue: usize,
+}
+
+fn unix(time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    time.0.as_millisecond() as f64 / 1000.0
+}
+
+impl RequestSample {
+    pub fn of(request: &IngestionKeyRequest, now: Timestamp) -> Self {
+        let status = request.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY_CONDITION);
+        let overdue = status
+            .retiring_keys
+            .iter()
+            .filter(|k| k.delete_after.as_ref().is_some_and(|t| t.0 <= now))
+            .count();
+        Self {
+            namespace: request.metadata.namespace.clone().unwrap_or_default(),
+            name: request.metadata.name.clone().unwrap_or_default(),
+            ready: ready.map(|c| c.status == "True"),
+            reason: ready.map(|c| c.reason.clone()).unwrap_or_default(),
+            ready_since: ready.map(|c| unix(&c.last_transition_time)),
+            key_created: status
+                .resource_key
+                .as_ref()
+                .and_then(|k| k.created_at.as_ref())
+                .map(unix),
+            next_rotation: status
+                .rotation
+                .as_ref()
+                .and_then(|r| r.next_rotation_time.as_ref())
+                .map(unix),
+            retiring_keys: status.retiring_keys.len(),
+            retiring_keys_overdue: overdue,
+        }
+    }
+}
+
+/// A per-request gauge: its name, its help text, and its value for one request (none: no series).
+type RequestGauge = (&'static str, &'static str, fn(&RequestSample) -> Option<f64>);
+
+/// Label values are user-chosen names: escaped as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The per-request series: one Ready series per request (its status and reason as labels), key
+/// age, next rotation, retiring keys. Only the replica that reconciles has requests to show.
+pub fn render_requests(out: &mut String, requests: &[RequestSample]) {
+    header(
+        out,
+        "request_condition",
+        "gauge",
+        "1 for each request's Ready condition, with its status and reason as labels (one series per request).",
+    );
+    for r in requests {
+        let Some(ready) = r.ready else { continue };
+        let status = if ready { "True" } else { "False" };
+        let _ = writeln!(
+            out,
+            "{PREFIX}_request_condition{{namespace=\"{}\",name=\"{}\",condition=\"Ready\",status=\"{status}\",reason=\"{}\"}} 1",
+            escape(&r.namespace),
+            escape(&r.name),
+            escape(&r.reason)
+        );
+    }
+    let gauges: [RequestGauge; 5] = [
+        (
+            "request_condition_last_transition_timestamp_seconds",
+            "When each request's Ready condition last changed (Unix time).",
+            |r| r.ready_since,
+        ),
+        (
+            "resource_key_created_timestamp_seconds",
+            "When IBM Cloud created the resource key each request uses (Unix time).",
+            |r| r.key_created,
+        ),
+        (
+            "request_next_rotation_timestamp_seconds",
+            "When each request's next scheduled rotation is due (Unix time; only with spec.rotation.interval).",
+            |r| r.next_rotation,
+        ),
+        (
+            "request_retiring_keys",
+            "Replaced resource keys of each request not deleted yet.",
+            |r| Some(r.retiring_keys as f64),
+        ),
+        (
+            "request_retiring_keys_overdue",
+            "Replaced resource keys of each request whose deletion time has passed (deletion failing or pending).",
+            |r| Some(r.retiring_keys_overdue as f64),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        header(out, name, "gauge", help);
+        for r in requests {
+            if let Some(v) = value(r) {
+                let _ = writeln!(
+                    out,
+                    "{PREFIX}_{name}{{namespace=\"{}\",name=\"{}\"}} {v}",
+                    escape(&r.namespace),
+                    escape(&r.name)
+                );
+            }
+        }
     }
 }
 
@@ -254,6 +435,7 @@ mod tests {
         let text = metrics.render(
             &[(("POST /identity/token".into(), "200".into()), 2)],
             budget,
+            &[],
         );
         assert!(text.contains("ingestion_key_operator_leader 1\n"));
         assert!(text.contains("ingestion_key_operator_ibm_budget_delayed_requests_total 3\n"));
@@ -277,8 +459,53 @@ mod tests {
     }
 
     #[test]
+    fn per_request_series_carry_namespace_and_name_and_only_what_is_known() {
+        let request: IngestionKeyRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+            "metadata": {"name": "at", "namespace": "ibm-observe"},
+            "spec": {"instance": {"name": "x"}, "apiKeySecretRef": {"name": "k"}},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "False", "reason": "ApiKeySecretNotFound",
+                    "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "resourceKey": {"guid": "g", "crn": "c", "name": "n", "createdAt": "2026-01-01T00:00:10Z"},
+                "retiringKeys": [
+                    {"guid": "a", "name": "a", "crn": "c", "deleteAfter": "2026-01-01T00:00:00Z"},
+                    {"guid": "b", "name": "b", "crn": "c"},
+                ],
+            },
+        }))
+        .unwrap();
+        let now = "2026-06-01T00:00:00Z".parse().unwrap();
+        let sample = RequestSample::of(&request, now);
+        let text = Metrics::default().render(&[], BudgetStats::default(), &[sample]);
+        let labels = "namespace=\"ibm-observe\",name=\"at\"";
+        for line in [
+            format!(
+                "ingestion_key_operator_request_condition{{{labels},condition=\"Ready\",status=\"False\",reason=\"ApiKeySecretNotFound\"}} 1"
+            ),
+            format!(
+                "ingestion_key_operator_request_condition_last_transition_timestamp_seconds{{{labels}}} 1767225600"
+            ),
+            format!(
+                "ingestion_key_operator_resource_key_created_timestamp_seconds{{{labels}}} 1767225610"
+            ),
+            format!("ingestion_key_operator_request_retiring_keys{{{labels}}} 2"),
+            format!("ingestion_key_operator_request_retiring_keys_overdue{{{labels}}} 1"),
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("ingestion_key_operator_request_next_rotation_timestamp_seconds{"),
+            "no schedule, no series"
+        );
+    }
+
+    #[test]
     fn every_known_label_value_has_a_series_at_zero_from_the_start() {
-        let text = Metrics::default().render(&[], BudgetStats::default());
+        let text = Metrics::default().render(&[], BudgetStats::default(), &[]);
         for result in ["success", "error"] {
             assert!(
                 text.contains(&format!(

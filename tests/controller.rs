@@ -641,7 +641,8 @@ async fn moving_a_request_to_another_instance_replaces_its_key() {
     let new_key = after.status.unwrap().resource_key.unwrap().guid;
     assert_ne!(new_key, old_key);
     wait_for("the old key to be retired", WAIT, || async {
-        env.sim_keys_of("mover").contains(&(old_key.clone(), "removed".into()))
+        env.sim_keys_of("mover")
+            .contains(&(old_key.clone(), "removed".into()))
     })
     .await;
     let keys = env.sim_keys_of("mover");

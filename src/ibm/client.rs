@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use super::budget::{Budget, BudgetStats};
 use super::endpoints::Endpoints;
 use super::error::{ErrorKind, IbmError};
+use super::latency::LatencyHistogram;
 use super::model::{
     CreateKeyRequest, InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey, ResourceList,
     TokenResponse,
@@ -75,6 +76,7 @@ struct Inner {
     tokens: TokenCache,
     budget: Budget,
     counts: Mutex<BTreeMap<(String, String), u64>>,
+    latencies: Mutex<BTreeMap<String, LatencyHistogram>>,
     token_exchanges: AtomicU64,
     /// Test hook: milliseconds added to the monotonic clock used by the token cache.
     clock_offset_ms: AtomicU64,
@@ -158,6 +160,7 @@ impl IbmCloud {
                 budget: Budget::new(config.max_rps),
                 config,
                 counts: Mutex::new(BTreeMap::new()),
+                latencies: Mutex::new(BTreeMap::new()),
                 token_exchanges: AtomicU64::new(0),
                 clock_offset_ms: AtomicU64::new(0),
             }),
@@ -337,6 +340,19 @@ impl IbmCloud {
     pub fn request_counts(&self) -> Vec<((String, String), u64)> {
         let counts = self.inner.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Latency of the requests made so far, by endpoint template.
+    pub fn request_latencies(&self) -> Vec<(String, LatencyHistogram)> {
+        let latencies = self
+            .inner
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        latencies
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// IAM token requests sent so far (each HTTP request to `/identity/token`).
@@ -658,6 +674,7 @@ impl IbmCloud {
         if request.iam {
             self.inner.token_exchanges.fetch_add(1, Ordering::Relaxed);
         }
+        let started = Instant::now();
         let result = async {
             let response = builder
                 .send()
@@ -697,6 +714,16 @@ impl IbmCloud {
             .entry((request.endpoint.to_owned(), outcome))
             .or_default() += 1;
         drop(counts);
+        let mut latencies = self
+            .inner
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        latencies
+            .entry(request.endpoint.to_owned())
+            .or_default()
+            .observe(started.elapsed());
+        drop(latencies);
         result
     }
 

@@ -10,6 +10,7 @@ mod budget;
 mod client;
 mod endpoints;
 mod error;
+mod latency;
 mod model;
 mod retry;
 mod token;
@@ -20,6 +21,7 @@ pub use budget::BudgetStats;
 pub use client::{ClientConfig, IbmCloud, next_page_url};
 pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};
+pub use latency::{LATENCY_BUCKETS, LatencyHistogram};
 pub use model::{
     CreateKeyRequest, CredentialError, Credentials, Crn, InstanceQuery, KeyDeletion,
     ResourceInstance, ResourceKey, ResourceList, TokenResponse, role_for_key,

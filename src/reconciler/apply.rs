@@ -257,7 +257,16 @@ async fn record_synced(
         instance.name
     );
     let message = with_notes(request, message);
-    status::synced(ctx, request, instance, fingerprint, message, next_rotation).await?;
+    status::synced(
+        ctx,
+        request,
+        instance,
+        key,
+        fingerprint,
+        message,
+        next_rotation,
+    )
+    .await?;
     ctx.remember_sync(request, fingerprint);
     Ok(())
 }

@@ -37,7 +37,7 @@ use kube::{
         controller::{Action, Config as ControllerConfig},
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{self, finalizer},
-        reflector::ObjectRef,
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -47,7 +47,7 @@ pub use self::error::{ReconcileError, event_reason, reason};
 use crate::{
     crd::{FIELD_MANAGER, FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     ibm::{IbmApi, IbmError, ResourceInstance},
-    metrics::Metrics,
+    metrics::{Metrics, RequestSample},
     redact::SecretString,
 };
 
@@ -113,6 +113,9 @@ pub struct Context {
     /// Per request: the generation and fingerprint of the operator's last successful sync, and
     /// when. Only an optimisation (see `apply::last_sync`); forgotten on any failure.
     synced: PerRequest<LastSync>,
+    /// The controllers' caches of requests, while this replica reconciles: the per-request
+    /// metrics are read from them at scrape time (a deleted request's series go with it).
+    stores: Mutex<Vec<Store<IngestionKeyRequest>>>,
 }
 
 impl Context {
@@ -138,7 +141,18 @@ impl Context {
             failures: Mutex::default(),
             refusals: Mutex::default(),
             synced: Mutex::default(),
+            stores: Mutex::default(),
         }
+    }
+
+    /// The per-request metrics of every request this replica reconciles.
+    pub fn request_samples(&self) -> Vec<RequestSample> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        lock(&self.stores)
+            .iter()
+            .flat_map(|store| store.state())
+            .map(|request| RequestSample::of(&request, now))
+            .collect()
     }
 
     fn cached_instance(&self, cache_key: &str) -> Option<ResourceInstance> {
@@ -439,6 +453,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
         stores.push(store);
         controllers.push(controller);
     }
+    *lock(&ctx.stores) = stores.clone();
     let readiness = async move {
         for store in stores {
             if store.wait_until_ready().await.is_err() {
@@ -449,6 +464,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
         info!("caches synced; ready");
     };
     tokio::join!(futures::future::join_all(controllers), readiness);
+    lock(&ctx.stores).clear();
 }
 
 fn api_in<K>(client: &Client, scope: Option<&str>) -> Api<K>

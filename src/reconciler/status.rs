@@ -182,7 +182,16 @@ pub(super) fn key_status(
         name: key.name.clone(),
         role: role.to_owned(),
         created_by_operator,
+        created_at: created_at(key),
     }
+}
+
+/// IBM Cloud's creation time of the key.
+pub(super) fn created_at(key: &ResourceKey) -> Option<Time> {
+    key.created_at
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map(Time)
 }
 
 /// What recording a key (newly created or found) writes besides the key itself.
@@ -327,6 +336,7 @@ pub(super) async fn synced(
     ctx: &Context,
     request: &IngestionKeyRequest,
     instance: &ResourceInstance,
+    key: &ResourceKey,
     fingerprint: &str,
     message: String,
     next_rotation: Option<Option<Time>>,
@@ -335,8 +345,19 @@ pub(super) async fn synced(
         next_rotation_time: Some(next),
         ..RotationPatch::default()
     });
+    // Keys recorded before the creation time was kept get it now (the key-age metric).
+    let resource_key = request
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_key.clone())
+        .filter(|k| k.created_at.is_none() && k.guid == key.guid)
+        .and_then(|mut k| {
+            k.created_at = created_at(key);
+            k.created_at.is_some().then_some(k)
+        });
     let status = StatusPatch {
         rotation,
+        resource_key,
         observed_generation: request.metadata.generation,
         conditions: Some(vec![ready_condition(
             request,
