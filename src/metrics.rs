@@ -334,7 +334,11 @@ impl RequestSample {
 }
 
 /// A per-request gauge: its name, its help text, and its value for one request (none: no series).
-type RequestGauge = (&'static str, &'static str, fn(&RequestSample) -> Option<f64>);
+type RequestGauge = (
+    &'static str,
+    &'static str,
+    fn(&RequestSample) -> Option<f64>,
+);
 
 /// Label values are user-chosen names: escaped as the text format requires.
 fn escape(value: &str) -> String {
