@@ -24,7 +24,10 @@ use super::{
     status,
 };
 use crate::{
-    crd::{IngestionKeyRequest, READY_CONDITION, ROTATE_ANNOTATION, ValidSpec, validate_with},
+    crd::{
+        IngestionKeyRequest, READY_CONDITION, ROTATE_ANNOTATION, ResourceKeyStatus, ValidSpec,
+        validate_with,
+    },
     ibm::{CredentialError, ResourceInstance, ResourceKey, role_for_key},
     redact::SecretString,
     render::{
@@ -68,7 +71,7 @@ pub(super) async fn apply(
         role: &role,
         replace: replace_cause(request, &valid, &role),
     };
-    let (mut key, mut request) = match ensure(ctx, request, &access, &target).await? {
+    let (mut key, mut request, unrecorded) = match ensure(ctx, request, &access, &target).await? {
         Ok(found) => found,
         Err(wait) => return Ok(Action::requeue(wait)),
     };
@@ -83,7 +86,7 @@ pub(super) async fn apply(
                 held
             } else {
                 target.replace = Some(ReplaceCause::ValueLost);
-                (key, request) = match ensure(ctx, &request, &access, &target).await? {
+                (key, request, _) = match ensure(ctx, &request, &access, &target).await? {
                     Ok(found) => found,
                     Err(wait) => return Ok(Action::requeue(wait)),
                 };
@@ -110,6 +113,7 @@ pub(super) async fn apply(
         &key,
         &fingerprint,
         next_rotation.clone(),
+        unrecorded,
     )
     .await?;
     info!(reason = reason::KEY_SYNCED, secret = %request.spec.secret.name, key_fingerprint = %fingerprint, ?outcome, "reconciled");
@@ -132,15 +136,26 @@ fn until(at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
 }
 
+/// The key, the request as last written, and the record of a first key still to write.
+type Ensured = (
+    Box<ResourceKey>,
+    IngestionKeyRequest,
+    Option<(ResourceKeyStatus, Option<String>)>,
+);
+
 /// [`keys::ensure_key`], with the wait for a creation that may still land written to status.
 async fn ensure(
     ctx: &Context,
     request: &IngestionKeyRequest,
     access: &Access<'_>,
     target: &KeyTarget<'_>,
-) -> Result<Result<(Box<ResourceKey>, IngestionKeyRequest), Duration>, ReconcileError> {
+) -> Result<Result<Ensured, Duration>, ReconcileError> {
     match keys::ensure_key(ctx, request, access, target).await? {
-        KeyLookup::Found { key, request } => Ok(Ok((key, *request))),
+        KeyLookup::Found {
+            key,
+            request,
+            unrecorded,
+        } => Ok(Ok((key, *request, unrecorded))),
         KeyLookup::CreationInFlight(wait) => {
             info!(
                 wait_seconds = wait.as_secs(),
@@ -248,6 +263,7 @@ async fn record_synced(
     key: &ResourceKey,
     fingerprint: &str,
     next_rotation: Option<Option<Time>>,
+    unrecorded: Option<(ResourceKeyStatus, Option<String>)>,
 ) -> Result<(), ReconcileError> {
     let message = format!(
         "Secret {} holds {} of resource key {} on instance {}",
@@ -257,16 +273,15 @@ async fn record_synced(
         instance.name
     );
     let message = with_notes(request, message);
-    status::synced(
-        ctx,
-        request,
+    let sync = status::Synced {
         instance,
         key,
         fingerprint,
         message,
         next_rotation,
-    )
-    .await?;
+        unrecorded,
+    };
+    status::synced(ctx, request, sync).await?;
     ctx.remember_sync(request, fingerprint);
     Ok(())
 }
@@ -353,8 +368,9 @@ async fn report_secret(
 }
 
 /// The fingerprint the request was last synced to, and how long ago: from its status when that
-/// says Ready for this generation, else from the operator's memory of its own last sync (the
-/// status seen by a reconcile can lag behind the operator's last write by a watch event).
+/// says Ready for this generation, else (or when fresher) from the operator's memory of its own
+/// last sync (the status seen by a reconcile can lag behind the operator's last write by a watch
+/// event).
 fn last_sync(ctx: &Context, request: &IngestionKeyRequest) -> Option<(String, Duration)> {
     let from_status = request.status.as_ref().and_then(|status| {
         let ready = status
@@ -369,7 +385,14 @@ fn last_sync(ctx: &Context, request: &IngestionKeyRequest) -> Option<(String, Du
         let age = Duration::try_from(Timestamp::now().duration_since(at)).unwrap_or(Duration::MAX);
         Some((fingerprint, age))
     });
-    from_status.or_else(|| ctx.remembered_sync(request))
+    // The fresher of the two: an in-sync refresh does not rewrite the status, so the operator's
+    // memory of its last sync is often the newer one.
+    let remembered = ctx.remembered_sync(request);
+    match (from_status, remembered) {
+        (Some(status), Some(memory)) if memory.0 == status.0 && memory.1 < status.1 => Some(memory),
+        (Some(status), _) => Some(status),
+        (None, memory) => memory,
+    }
 }
 
 /// How long the request stays in sync without asking IBM Cloud: it is Ready for its current

@@ -16,7 +16,7 @@ use super::{
     status,
 };
 use crate::{
-    crd::{IngestionKeyRequest, ROTATE_ANNOTATION, default_key_name},
+    crd::{IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, default_key_name},
     ibm::{CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey},
     redact::SecretString,
 };
@@ -26,6 +26,9 @@ pub(super) enum KeyLookup {
     Found {
         key: Box<ResourceKey>,
         request: Box<IngestionKeyRequest>,
+        /// A first key, just created: recorded by the sync's final status write (with the
+        /// rotation request it handles), one write fewer. Its pending record covers a crash.
+        unrecorded: Option<(ResourceKeyStatus, Option<String>)>,
     },
     /// A creation recorded in status may still complete in IBM Cloud: wait this long, then look
     /// again before creating.
@@ -89,32 +92,44 @@ pub(super) async fn ensure_key(
                 (adopt(ctx, request, access, found).await?, ours, None)
             }
         };
-    // The status as last written (a creation records itself as pending first).
-    let latest = written.as_ref().unwrap_or(request);
     let replaces = plan::replaced(&recorded, &key.guid);
     let is_recorded = recorded.key.is_some_and(|k| k.guid == key.guid);
-    let request = if is_recorded && recorded.pending.is_none() {
-        request.clone()
-    } else {
-        let requested = request.annotations().get(ROTATE_ANNOTATION).cloned();
-        let handles_request =
-            matches!(target.replace, Some(ReplaceCause::Requested)) || recorded.key.is_none();
-        let role = if created_by_operator { target.role } else { "" };
-        let record = status::KeyRecord {
-            key: &key,
-            role,
-            created_by_operator,
-            replaces,
-            rotation_request: requested.filter(|_| handles_request),
-        };
-        if replaces.is_some() {
-            ctx.metrics.observe_rotation();
-        }
-        status::record_key(ctx, latest, target.instance, record).await?
+    let requested = request.annotations().get(ROTATE_ANNOTATION).cloned();
+    let handles_request =
+        matches!(target.replace, Some(ReplaceCause::Requested)) || recorded.key.is_none();
+    let rotation_request = requested.filter(|_| handles_request);
+    let role = if created_by_operator { target.role } else { "" };
+    if is_recorded && recorded.pending.is_none() {
+        return Ok(KeyLookup::Found {
+            key: Box::new(key),
+            request: Box::new(request.clone()),
+            unrecorded: None,
+        });
+    }
+    if let Some(latest) = written.as_ref().filter(|_| recorded.key.is_none()) {
+        let record = status::key_status(&key, role, created_by_operator);
+        return Ok(KeyLookup::Found {
+            key: Box::new(key),
+            request: Box::new(latest.clone()),
+            unrecorded: Some((record, rotation_request)),
+        });
+    }
+    let latest = written.as_ref().unwrap_or(request);
+    if replaces.is_some() {
+        ctx.metrics.observe_rotation();
+    }
+    let record = status::KeyRecord {
+        key: &key,
+        role,
+        created_by_operator,
+        replaces,
+        rotation_request,
     };
+    let request = status::record_key(ctx, latest, target.instance, record).await?;
     Ok(KeyLookup::Found {
         key: Box::new(key),
         request: Box::new(request),
+        unrecorded: None,
     })
 }
 

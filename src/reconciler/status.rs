@@ -331,43 +331,83 @@ pub(super) async fn rollout(
     send(ctx, request, &status, None, "record the roll-out").await
 }
 
-/// Ready=True: the Secret holds the current credential.
+/// What a successful sync writes.
+pub(super) struct Synced<'a> {
+    pub instance: &'a ResourceInstance,
+    pub key: &'a ResourceKey,
+    pub fingerprint: &'a str,
+    pub message: String,
+    /// `status.rotation.nextRotationTime` to write (see `apply::next_rotation`).
+    pub next_rotation: Option<Option<Time>>,
+    /// A key created by this sync and not recorded yet: recorded here, in the same write, which
+    /// also clears the pending creation (until then, the pending record finds it after a crash).
+    pub unrecorded: Option<(ResourceKeyStatus, Option<String>)>,
+}
+
+/// Ready=True: the Secret holds the current credential. Nothing is written when the status
+/// already says all of it (an in-sync refresh writes nothing; `lastSyncTime` then tells when the
+/// status last changed).
 pub(super) async fn synced(
     ctx: &Context,
     request: &IngestionKeyRequest,
-    instance: &ResourceInstance,
-    key: &ResourceKey,
-    fingerprint: &str,
-    message: String,
-    next_rotation: Option<Option<Time>>,
+    sync: Synced<'_>,
 ) -> Result<(), ReconcileError> {
-    let rotation = next_rotation.map(|next| RotationPatch {
-        next_rotation_time: Some(next),
+    let current = request.status.clone().unwrap_or_default();
+    let recorded_next = current
+        .rotation
+        .as_ref()
+        .and_then(|r| r.next_rotation_time.clone());
+    let next_rotation = sync.next_rotation.filter(|next| *next != recorded_next);
+    let (unrecorded, rotation_request) = match sync.unrecorded {
+        Some((key, requested)) => (Some(key), requested),
+        None => (None, None),
+    };
+    let rotation = (next_rotation.is_some() || rotation_request.is_some()).then(|| RotationPatch {
+        next_rotation_time: next_rotation.clone(),
+        last_request: rotation_request,
         ..RotationPatch::default()
     });
     // Keys recorded before the creation time was kept get it now (the key-age metric).
-    let resource_key = request
-        .status
-        .as_ref()
-        .and_then(|s| s.resource_key.clone())
-        .filter(|k| k.created_at.is_none() && k.guid == key.guid)
-        .and_then(|mut k| {
-            k.created_at = created_at(key);
-            k.created_at.is_some().then_some(k)
+    let resource_key = unrecorded.or_else(|| {
+        current
+            .resource_key
+            .clone()
+            .filter(|k| k.created_at.is_none() && k.guid == sync.key.guid)
+            .and_then(|mut k| {
+                k.created_at = created_at(sync.key);
+                k.created_at.is_some().then_some(k)
+            })
+    });
+    let instance = instance_status(sync.instance);
+    let condition = ready_condition(request, true, reason::KEY_SYNCED, sync.message);
+    let unchanged = resource_key.is_none()
+        && rotation.is_none()
+        && current.pending_key_creation.is_none()
+        && current.observed_generation == request.metadata.generation
+        && current.instance.as_ref() == Some(&instance)
+        && current.secret_name.as_deref() == Some(request.spec.secret.name.as_str())
+        && current.key_fingerprint.as_deref() == Some(sync.fingerprint)
+        && previous_ready(request).is_some_and(|c| {
+            c.status == condition.status
+                && c.reason == condition.reason
+                && c.message == condition.message
+                && c.observed_generation == condition.observed_generation
         });
+    if unchanged {
+        return Ok(());
+    }
     let status = StatusPatch {
         rotation,
+        pending_key_creation: resource_key
+            .as_ref()
+            .filter(|_| current.pending_key_creation.is_some())
+            .map(|_| None),
         resource_key,
         observed_generation: request.metadata.generation,
-        conditions: Some(vec![ready_condition(
-            request,
-            true,
-            reason::KEY_SYNCED,
-            message,
-        )]),
-        instance: Some(Some(instance_status(instance))),
+        conditions: Some(vec![condition]),
+        instance: Some(Some(instance)),
         secret_name: Some(request.spec.secret.name.clone()),
-        key_fingerprint: Some(fingerprint.to_owned()),
+        key_fingerprint: Some(sync.fingerprint.to_owned()),
         last_sync_time: Some(Time(Timestamp::now())),
         ..StatusPatch::default()
     };
