@@ -114,6 +114,8 @@ tools:
 
 # --- Benchmarks (not part of `make test`: they print figures, they do not pass or fail on time). ---
 .PHONY: bench
-## 200 requests over 2 API keys against the local control plane and simulator (IKO_BENCH_REQUESTS=N).
+## 200 and 1000 requests (IKO_BENCH_COUNTS=200,1000,5000 for more) against the local control
+## plane and simulator; prints the table and writes it to docs/performance.md.
 bench:
-	assets=$$($(ASSETS_SCRIPT)); export KUBEBUILDER_ASSETS=$$assets; $(CARGO) bench --bench scale
+	assets=$$($(ASSETS_SCRIPT)); export KUBEBUILDER_ASSETS=$$assets; \
+	IKO_BENCH_OUT=$${IKO_BENCH_OUT:-target/bench-table.md} $(CARGO) bench --bench scale

@@ -33,12 +33,12 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{self, finalizer},
-        reflector::{ObjectRef, Store},
-        watcher,
+        reflector::{self, ObjectRef, Store},
+        watcher::{self, watcher},
     },
 };
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -490,12 +490,19 @@ fn controller_for(
 ) {
     let managed_secrets =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let controller = Controller::new(
+    // The requests' cache, pruned of what the operator never reads (managedFields, kubectl's
+    // last-applied copy of the spec): most of an object's memory (docs/performance.md).
+    let (store, writer) = reflector::store();
+    let requests_stream = watcher(
         api_in::<IngestionKeyRequest>(&ctx.client, scope),
         watcher::Config::default(),
     )
-    .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
-    let store = controller.store();
+    .default_backoff()
+    .modify(prune)
+    .reflect(writer)
+    .applied_objects();
+    let controller = Controller::for_stream(requests_stream, store.clone())
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
     let requests = store.clone();
     // API key Secrets are watched as metadata only and never cached: each event is mapped to
     // the requests that reference that Secret, so fixing a missing API key acts at once.
@@ -528,9 +535,35 @@ fn controller_for(
     (running, store)
 }
 
+/// Drops from a cached request what no reconcile reads.
+fn prune(request: &mut IngestionKeyRequest) {
+    request.metadata.managed_fields = None;
+    if let Some(annotations) = request.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// kubectl's client-side apply keeps the whole applied object in this annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_no_managed_fields_and_no_applied_copy() {
+        let mut request: IngestionKeyRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+            "metadata": {"name": "at", "annotations": {LAST_APPLIED: "{}", "keysync.dev/rotate": "1"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"instance": {"name": "x"}, "apiKeySecretRef": {"name": "k"}},
+        }))
+        .unwrap();
+        prune(&mut request);
+        assert!(request.metadata.managed_fields.is_none());
+        let annotations = request.metadata.annotations.unwrap();
+        assert_eq!(annotations.len(), 1, "the operator's own annotation stays");
+    }
 
     #[test]
     fn event_notes_fit_the_api_limit() {
