@@ -118,4 +118,4 @@ tools:
 ## plane and simulator; prints the table and writes it to docs/performance.md.
 bench:
 	assets=$$($(ASSETS_SCRIPT)); export KUBEBUILDER_ASSETS=$$assets; \
-	IKO_BENCH_OUT=$${IKO_BENCH_OUT:-target/bench-table.md} $(CARGO) bench --bench scale
+	IKO_BENCH_OUT=$${IKO_BENCH_OUT:-docs/performance.md} $(CARGO) bench --bench scale
