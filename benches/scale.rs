@@ -457,7 +457,8 @@ Targets and what they mean: the issue \"Cost that grows linearly\".\n\n## Figure
 - **IBM calls.** A new request costs one `POST /v2/resource_keys`. The instance lookup (by name) and the IAM token are shared: \
 cached per API key and selector (`--instance-cache-ttl`, default 5m) and per API key. Nothing lists the instance's keys: a request \
 that never started a creation cannot have a key of its UID-bearing default name, and after a crash the pending record names the \
-key to look up with `GET /v2/resource_keys?name=`. A refresh reads the recorded key (`GET /v2/resource_keys/{{id}}`): one call.\n\
+key to look up with `GET /v2/resource_keys?name=`. A refresh reads the recorded key (`GET /v2/resource_keys/{{id}}`): one call. \
+When a batch lasts longer than `refreshInterval` (5000 requests here), the refreshes that fall inside it are counted too; the creations are exactly one per request (`POST /v2/resource_keys` = N).\n\
 - **Writes.** A new request causes 3 writes to itself (finalizer, pending creation before the POST, Ready with the recorded key), \
 1 Secret create and 2 Events (`ResourceKeyCreated`, `SecretCreated`). The request's creation by `kubectl apply` is the fourth \
 watch event counted. Crash safety needs the pending record before the POST; the key is recorded in the final status write, since \

@@ -306,7 +306,8 @@ pub struct IngestionKeyRequestStatus {
     /// Short hash of the synced credential (never the credential itself), to tell rotations apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
-    /// When the Secret was last confirmed to hold the current credential.
+    /// When a sync last changed the status (a refresh that finds everything in sync writes
+    /// nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
     /// Set while the request is being deleted, once its keys are deleted in IBM Cloud: it no
