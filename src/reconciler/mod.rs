@@ -178,7 +178,14 @@ impl Context {
         note: String,
     ) {
         let note = truncate(note, MAX_EVENT_NOTE);
-        let recorder = self.recorder_for(request, reason, &note);
+        // Warnings repeat (a failure retried with back-off) and become a series on one event:
+        // their recorder, which caches the last event, is kept. Normal events name what happened
+        // (a key's GUID, a fingerprint) and do not repeat: a recorder kept for each would hold an
+        // event per request in memory for nothing.
+        let recorder = match type_ {
+            EventType::Warning => self.recorder_for(request, reason, &note),
+            EventType::Normal => Recorder::new(self.client.clone(), self.reporter.clone()),
+        };
         let event = Event {
             type_,
             reason: reason.into(),
