@@ -10,6 +10,7 @@ use fixtures::{Env, MANAGER_KEY, Operator};
 use ibm_cloud_sim::{Faults, RateLimit};
 use serde_json::json;
 use support::wait_for;
+use support::workloads::{agent_daemonset, complete_rollout, template_fingerprint};
 
 fn request_spec(secret: &str) -> serde_json::Value {
     json!({
@@ -259,54 +260,11 @@ async fn deleting_a_namespace_while_the_operator_is_down_still_deletes_every_key
 
 // ---- Crash safety of a rotation, and its latency, with the operator binary ----
 
-type DaemonSets = kube::Api<k8s_openapi::api::apps::v1::DaemonSet>;
-
-async fn agent_daemonset(env: &Env) -> DaemonSets {
-    let api: DaemonSets = kube::Api::namespaced(env.client.clone(), &env.ns);
-    let ds = serde_json::from_value(json!({
-        "metadata": {"name": "logdna-agent"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "logdna-agent"}},
-            "template": {
-                "metadata": {"labels": {"app": "logdna-agent"}},
-                "spec": {"containers": [{"name": "agent", "image": "logdna-agent:placeholder"}]},
-            },
-        },
-    }))
-    .unwrap();
-    api.create(&Default::default(), &ds)
-        .await
-        .expect("create DaemonSet");
-    api
-}
-
-fn ds_fingerprint(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> Option<String> {
-    ds.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get("keysync.dev/credential-fingerprint")
-        .cloned()
-}
-
-/// Plays the DaemonSet controller (there is no kubelet): the current generation is rolled out.
-async fn complete_rollout(api: &DaemonSets) {
-    let generation = api.get("logdna-agent").await.unwrap().metadata.generation;
-    let status = json!({"status": {
-        "observedGeneration": generation,
-        "desiredNumberScheduled": 1, "currentNumberScheduled": 1, "numberMisscheduled": 0,
-        "numberReady": 1, "updatedNumberScheduled": 1, "numberAvailable": 1,
-    }});
-    api.patch_status(
-        "logdna-agent",
-        &Default::default(),
-        &kube::api::Patch::Merge(status),
-    )
-    .await
-    .expect("DaemonSet status");
+async fn status_of(
+    env: &Env,
+    name: &str,
+) -> Option<ingestion_key_operator::crd::IngestionKeyRequestStatus> {
+    env.requests().get(name).await.ok()?.status
 }
 
 async fn annotate_rotate(env: &Env, name: &str, value: &str) {
@@ -348,21 +306,19 @@ fn keys_of(env: &Env, name: &str) -> Vec<(String, String, String)> {
 async fn a_rotation_killed_at_every_step_ends_with_one_key_and_the_old_one_deleted_once() {
     let mut env = Env::new("kill-rotate").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
-    let agents = agent_daemonset(&env).await;
+    let agents = agent_daemonset(&env.client, &env.ns, "logdna-agent").await;
     env.create_request("logs", rotating_spec("3s")).await;
     let first = env.wait_ready("logs").await;
-    complete_rollout(&agents).await;
+    complete_rollout(&agents, "logdna-agent").await;
     let old = first.status.as_ref().unwrap().resource_key.clone().unwrap();
     let old_value = env.secret_value("logs-agent", "IAM_API_KEY").await;
     wait_for(
         "the first roll-out to complete",
         Duration::from_secs(30),
         || async {
-            env.requests()
-                .get("logs")
+            status_of(&env, "logs")
                 .await
-                .ok()
-                .and_then(|r| r.status?.rollout?.completed_at)
+                .and_then(|s| s.rollout?.completed_at)
                 .is_some()
         },
     )
@@ -415,7 +371,7 @@ async fn a_rotation_killed_at_every_step_ends_with_one_key_and_the_old_one_delet
             let ds = agents.get("logdna-agent").await.unwrap();
             let request = env.requests().get("logs").await.unwrap();
             let fingerprint = request.status.and_then(|s| s.key_fingerprint);
-            fingerprint.is_some() && ds_fingerprint(&ds) == fingerprint
+            fingerprint.is_some() && template_fingerprint(&ds) == fingerprint
         },
     )
     .await;
@@ -431,21 +387,16 @@ async fn a_rotation_killed_at_every_step_ends_with_one_key_and_the_old_one_delet
 
     // 4. Before the delete: the roll-out completed, the grace period runs.
     env.operator.start_again();
-    complete_rollout(&agents).await;
+    complete_rollout(&agents, "logdna-agent").await;
     wait_for(
         "the old key's deletion to be scheduled",
         Duration::from_secs(30),
         || async {
-            env.requests()
-                .get("logs")
-                .await
-                .ok()
-                .and_then(|r| r.status)
-                .is_some_and(|s| {
-                    s.retiring_keys
-                        .first()
-                        .is_some_and(|k| k.delete_after.is_some())
-                })
+            status_of(&env, "logs").await.is_some_and(|s| {
+                s.retiring_keys
+                    .first()
+                    .is_some_and(|k| k.delete_after.is_some())
+            })
         },
     )
     .await;
@@ -487,11 +438,8 @@ async fn a_rotation_killed_at_every_step_ends_with_one_key_and_the_old_one_delet
         "retiringKeys to be empty",
         Duration::from_secs(30),
         || async {
-            env.requests()
-                .get("logs")
+            status_of(&env, "logs")
                 .await
-                .ok()
-                .and_then(|r| r.status)
                 .is_some_and(|s| s.retiring_keys.is_empty())
         },
     )
@@ -522,7 +470,7 @@ async fn a_rotation_killed_at_every_step_ends_with_one_key_and_the_old_one_delet
 async fn rotation_latency_from_the_annotation_to_the_old_keys_deletion() {
     let env = Env::new("rotate-latency").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
-    let agents = agent_daemonset(&env).await;
+    let agents = agent_daemonset(&env.client, &env.ns, "logdna-agent").await;
     // The workload controller, playing an immediate roll-out of every new generation.
     let controller = {
         let agents = agents.clone();
@@ -531,7 +479,7 @@ async fn rotation_latency_from_the_annotation_to_the_old_keys_deletion() {
                 if let Ok(ds) = agents.get("logdna-agent").await {
                     let observed = ds.status.as_ref().and_then(|s| s.observed_generation);
                     if observed != ds.metadata.generation {
-                        complete_rollout(&agents).await;
+                        complete_rollout(&agents, "logdna-agent").await;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -28,6 +28,7 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
+use support::workloads::{agent_daemonset, complete_rollout, template_fingerprint};
 
 const MANAGER_KEY: &str = "test-apikey-manager-7f3a9c";
 const AT_GUID: &str = "8d7af921-b136-4078-9666-081bd8470d94";
@@ -1009,55 +1010,10 @@ async fn a_scheduled_rotation_runs_when_its_time_comes() {
     );
 }
 
-async fn daemonset(h: &Harness, name: &str) -> Api<k8s_openapi::api::apps::v1::DaemonSet> {
-    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(h.client.clone(), &h.ns);
-    let ds: k8s_openapi::api::apps::v1::DaemonSet = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "agent", "image": "logdna-agent:placeholder"}]},
-            },
-        },
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &ds)
-        .await
-        .expect("create DaemonSet");
-    api
-}
-
-fn template_fingerprint(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> Option<String> {
-    ds.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get("keysync.dev/credential-fingerprint")
-        .cloned()
-}
-
-/// Plays the DaemonSet controller (there is no kubelet): the current generation is rolled out on
-/// two nodes.
-async fn complete_rollout(api: &Api<k8s_openapi::api::apps::v1::DaemonSet>, name: &str) {
-    let generation = api.get(name).await.unwrap().metadata.generation.unwrap();
-    let status = serde_json::json!({"status": {
-        "observedGeneration": generation,
-        "desiredNumberScheduled": 2, "currentNumberScheduled": 2, "numberMisscheduled": 0,
-        "numberReady": 2, "updatedNumberScheduled": 2, "numberAvailable": 2,
-    }});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .expect("DaemonSet status");
-}
-
 #[tokio::test]
 async fn restart_targets_roll_out_and_the_old_key_waits_for_them() {
     let h = Harness::new("rec-rollout").await;
-    let agents = daemonset(&h, "logdna-agent").await;
+    let agents = agent_daemonset(&h.client, &h.ns, "logdna-agent").await;
     let mut spec = spec_on(AT_GUID);
     spec["rotation"] = serde_json::json!({"gracePeriod": "0s", "rolloutTimeout": "0s"});
     spec["restartTargets"] = serde_json::json!([
@@ -1281,21 +1237,23 @@ async fn a_role_change_replaces_the_key() {
     assert_eq!(state_of(&h, &key_guid(&old)), "removed");
 }
 
+/// A key on the Activity Tracker instance that someone else created (Terraform, the console).
+async fn someone_elses_key(h: &Harness, name: &str) -> ResourceKey {
+    let create = CreateKeyRequest {
+        name: name.into(),
+        source: AT_GUID.into(),
+        role: "Manager".into(),
+    };
+    h.ibm
+        .create_key(&SecretString::new(MANAGER_KEY), &create)
+        .await
+        .expect("someone else's key")
+}
+
 #[tokio::test]
 async fn a_custom_named_key_made_by_someone_else_is_never_deleted() {
     let h = Harness::new("rec-foreign").await;
-    let theirs = h
-        .ibm
-        .create_key(
-            &SecretString::new(MANAGER_KEY),
-            &CreateKeyRequest {
-                name: "team-key".into(),
-                source: AT_GUID.into(),
-                role: "Manager".into(),
-            },
-        )
-        .await
-        .expect("someone else's key");
+    let theirs = someone_elses_key(&h, "team-key").await;
     let mut spec = without_grace(spec_on(AT_GUID));
     spec["resourceKey"] = serde_json::json!({"name": "team-key"});
     h.create("at", spec).await;
@@ -1329,18 +1287,7 @@ async fn a_custom_named_key_made_by_someone_else_is_never_deleted() {
 #[tokio::test]
 async fn a_foreign_custom_named_key_survives_the_request_whatever_the_policy() {
     let h = Harness::new("rec-foreign-del").await;
-    let theirs = h
-        .ibm
-        .create_key(
-            &SecretString::new(MANAGER_KEY),
-            &CreateKeyRequest {
-                name: "shared-key".into(),
-                source: AT_GUID.into(),
-                role: "Manager".into(),
-            },
-        )
-        .await
-        .expect("someone else's key");
+    let theirs = someone_elses_key(&h, "shared-key").await;
     let mut spec = spec_on(AT_GUID);
     spec["resourceKey"] = serde_json::json!({"name": "shared-key"});
     spec["deletionPolicy"] = serde_json::json!("Delete");
@@ -1500,7 +1447,18 @@ async fn a_new_request_costs_the_fewest_writes_and_an_in_sync_refresh_none() {
     let events =
         events(&h, "ResourceKeyCreated").await.len() + events(&h, "SecretCreated").await.len();
     assert_eq!(events, 2);
-    // A refresh that finds everything in sync (a full sync: no memory) writes nothing.
+    // A refresh that finds everything in sync (a full sync: no memory) writes nothing. Status
+    // times have whole seconds: the refresh runs in a later second than the Ready write, so a
+    // rewritten lastSyncTime would be a real change (and a new resourceVersion).
+    let synced = request
+        .status
+        .as_ref()
+        .and_then(|s| s.last_sync_time.clone())
+        .expect("lastSyncTime")
+        .0;
+    let later =
+        synced.as_millisecond() + 1100 - k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    tokio::time::sleep(Duration::from_millis(later.max(0) as u64)).await;
     h.restart();
     h.sim.reset_calls();
     h.reconcile("at").await.expect("refresh");

@@ -22,6 +22,9 @@
 //! so nothing else would. `tests/control_plane.rs` checks this.
 #![allow(dead_code)]
 
+#[allow(dead_code)]
+pub mod workloads;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
