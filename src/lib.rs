@@ -6,6 +6,7 @@
 //! `telemetry` and `cli` are the outer shell.
 
 pub mod admin;
+pub mod backoff;
 pub mod cli;
 pub mod crd;
 pub mod ibm;

@@ -12,13 +12,15 @@ mod endpoints;
 mod error;
 mod latency;
 mod model;
+mod paging;
 mod retry;
 mod token;
+mod transport;
 
 pub use crate::redact::SecretString;
 pub use api::IbmApi;
 pub use budget::BudgetStats;
-pub use client::{ClientConfig, IbmCloud, next_page_url};
+pub use client::{ClientConfig, IbmCloud};
 pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};
 pub use latency::{LATENCY_BUCKETS, LatencyHistogram};
@@ -26,6 +28,7 @@ pub use model::{
     CreateKeyRequest, CredentialError, Credentials, Crn, InstanceQuery, KeyDeletion,
     ResourceInstance, ResourceKey, ResourceList, TokenResponse, role_for_key,
 };
+pub use paging::next_page_url;
 pub use retry::{backoff, parse_epoch_reset, parse_retry_after};
 
 /// Operation names used in errors and logs.

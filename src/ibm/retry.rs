@@ -6,12 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::HeaderMap;
 
+use crate::backoff::Backoff;
+
 /// Delay before retry number `attempt` (0 = first retry): `initial * 2^attempt`, capped at `max`,
 /// with "equal jitter" (half fixed, half random) so that concurrent clients spread out without a
 /// retry ever becoming immediate.
 pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let exp = initial.saturating_mul(2u32.saturating_pow(attempt.min(20)));
-    let capped = exp.min(max);
+    let capped = Backoff::new(initial, max).after(attempt.saturating_add(1));
     let half = capped / 2;
     let jitter_nanos = match half.as_nanos() as u64 {
         0 => 0,

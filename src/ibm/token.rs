@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 use super::model::TokenResponse;
 use crate::redact::SecretString;
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reqwest::{Method, Url};
+use tracing::{debug, warn};
+
+use super::{
+    OP_TOKEN,
+    client::IbmCloud,
+    endpoints::Endpoints,
+    error::{ErrorKind, IbmError},
+    transport::{Body, Request, RetryMode, parse_json},
+};
+
 /// Tokens are treated as expired this long before their expiration (as all IBM SDKs do: some
 /// services reject tokens with only a few seconds left).
 pub const EXPIRY_WINDOW: Duration = Duration::from_secs(10);
@@ -85,6 +98,86 @@ impl TokenCache {
         if cached.as_ref().is_some_and(|c| &c.token == rejected) {
             *cached = None;
         }
+    }
+}
+
+/// The IAM grant for API keys (`POST /identity/token`, as IBM's SDK cores send it).
+const GRANT_TYPE_APIKEY: &str = "urn:ibm:params:oauth:grant-type:apikey";
+impl IbmCloud {
+    /// A usable bearer token for this API key: cached, refreshed after 80 % of its lifetime, and
+    /// exchanged at most once at a time per key (callers queue on the key's slot).
+    pub(super) async fn token(&self, api_key: &SecretString) -> Result<SecretString, IbmError> {
+        let key_hash = api_key.digest_hex();
+        let slot = self.inner.tokens.slot(&key_hash);
+        let mut cached = slot.lock().await;
+        let now = self.now();
+        if let Some(token) = cached
+            .as_ref()
+            .filter(|c| !c.needs_refresh(now) && !c.is_expired(now))
+        {
+            return Ok(token.token.clone());
+        }
+        match self.exchange(api_key).await {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                *cached = Some(fresh);
+                Ok(token)
+            }
+            Err(error) => match cached.as_mut().filter(|c| !c.is_expired(now)) {
+                // Refresh failed but the old token is still valid: keep using it for a while.
+                Some(still_valid) => {
+                    warn!(operation = OP_TOKEN, error = %error, "IAM token refresh failed; using the still-valid cached token");
+                    still_valid.postpone_refresh(now);
+                    Ok(still_valid.token.clone())
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    async fn exchange(&self, api_key: &SecretString) -> Result<CachedToken, IbmError> {
+        let form = Url::parse_with_params(
+            "http://form.invalid/",
+            [
+                ("grant_type", GRANT_TYPE_APIKEY),
+                ("apikey", api_key.expose()),
+                ("response_type", "cloud_iam"),
+            ],
+        )
+        .map_err(|e| IbmError::new(OP_TOKEN, ErrorKind::InvalidEndpoint, e.to_string()))?;
+        let request = Request {
+            operation: OP_TOKEN,
+            endpoint: "POST /identity/token",
+            method: Method::POST,
+            url: Endpoints::join(self.inner.endpoints.iam(), &["identity", "token"]),
+            body: Body::Form(SecretString::new(form.query().unwrap_or_default())),
+            retry: RetryMode::Idempotent,
+            iam: true,
+        };
+        let reply = self
+            .execute(&request, None)
+            .await
+            .map_err(|e| e.scrub(&[api_key.expose()]))?;
+        let received = self.now();
+        let response: TokenResponse = parse_json(OP_TOKEN, &reply)?;
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let token = CachedToken::from_response(&response, received, now_unix).ok_or_else(|| {
+            IbmError::new(
+                OP_TOKEN,
+                ErrorKind::InvalidResponse,
+                "IAM token response has neither a positive expires_in nor a future expiration",
+            )
+        })?;
+        debug!(
+            operation = OP_TOKEN,
+            expires_in = response.expires_in,
+            transaction_id = reply.transaction_id(),
+            "exchanged API key for IAM token"
+        );
+        Ok(token)
     }
 }
 
