@@ -10,6 +10,7 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
+use futures::FutureExt;
 use kube::{Api, CustomResourceExt, api::ListParams};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -272,7 +273,7 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     };
     let ctx = Arc::new(Context::new(client, ibm.clone(), metrics.clone(), settings));
     let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = reconciler::shutdown_on_signals();
+    let shutdown = shutdown_on_signals();
     let render = {
         let (metrics, ctx) = (metrics.clone(), ctx.clone());
         Arc::new(move || {
@@ -302,4 +303,28 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     result?;
     info!("stopped");
     Ok(())
+}
+
+/// A [`reconciler::Shutdown`] that resolves on SIGTERM or Ctrl-C.
+fn shutdown_on_signals() -> reconciler::Shutdown {
+    async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                },
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutdown signal received; finishing running reconciles");
+    }
+    .boxed()
+    .shared()
 }

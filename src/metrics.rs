@@ -14,9 +14,8 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
-    crd::{IngestionKeyRequest, READY_CONDITION},
+    crd::{IngestionKeyRequest, reason},
     ibm::{BudgetStats, LATENCY_BUCKETS, LatencyHistogram},
-    reconciler::reason,
 };
 
 const PREFIX: &str = "ingestion_key_operator";
@@ -302,10 +301,7 @@ fn unix(time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
 impl RequestSample {
     pub fn of(request: &IngestionKeyRequest, now: Timestamp) -> Self {
         let status = request.status.clone().unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == READY_CONDITION);
+        let ready = status.ready();
         let overdue = status
             .retiring_keys
             .iter()

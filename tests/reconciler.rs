@@ -13,13 +13,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use ibm_cloud_sim::{Seed, Simulator};
 use ingestion_key_operator::{
-    crd::{IngestionKeyRequest, READY_CONDITION},
+    crd::{IngestionKeyRequest, reason},
     ibm::{
         ClientConfig, CreateKeyRequest, Endpoints, ErrorKind, IbmApi, IbmCloud, IbmError,
         InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey,
     },
     metrics::Metrics,
-    reconciler::{Context, ReconcileError, Settings, reason, reconcile},
+    reconciler::{Context, ReconcileError, Settings, reconcile},
     redact::SecretString,
 };
 use k8s_openapi::{ByteString, api::core::v1::Secret};
@@ -312,12 +312,7 @@ fn secret_value(secret: &Secret) -> Option<String> {
 }
 
 fn ready_reason(request: &IngestionKeyRequest) -> Option<String> {
-    let status = request.status.as_ref()?;
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == READY_CONDITION)?;
-    Some(ready.reason.clone())
+    Some(request.status.as_ref()?.ready()?.reason.clone())
 }
 
 fn key_name(request: &IngestionKeyRequest) -> String {
@@ -447,11 +442,7 @@ async fn a_pending_creation_within_its_grace_is_waited_for() {
     let request = h.get("at").await;
     let status = request.status.clone().unwrap();
     assert_eq!(status.pending_key_creation, Some(pending));
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == READY_CONDITION)
-        .unwrap();
+    let ready = status.ready().unwrap();
     assert!(
         ready.message.contains("looks for it again in"),
         "the wait is visible: {}",
@@ -839,12 +830,11 @@ async fn a_refused_secret_write_is_reported_with_the_servers_words() {
     assert_eq!(error.reason(), "SecretWriteRejected");
     let message = error.to_string();
     assert!(message.contains("quota"), "the server's words: {message}");
-    let ready = h.get("at").await.status.unwrap().conditions;
-    assert!(
-        ready
-            .iter()
-            .any(|c| c.type_ == READY_CONDITION && c.reason == "SecretWriteRejected"),
-        "{ready:?}"
+    let status = h.get("at").await.status.unwrap();
+    assert_eq!(
+        status.ready().map(|c| c.reason.as_str()),
+        Some("SecretWriteRejected"),
+        "{status:?}"
     );
     assert_eq!(events(&h, "SecretWriteRejected").await.len(), 1);
     assert!(h.secret_value().await.is_none());

@@ -1,26 +1,25 @@
 //! The cleanup phase, run under the finalizer when a request is deleted. The Secret needs no
 //! work here: its owner reference lets garbage collection remove it.
 
-use kube::runtime::{controller::Action, events::EventType, reflector::ObjectRef};
+use kube::runtime::{controller::Action, events::EventType};
 use tracing::info;
 
 use super::{
-    Context, ReconcileError, event_reason,
+    Context, ReconcileError,
     keys::delete_and_report,
-    lock,
-    plan::{self, CleanupPlan, Recorded},
+    plan::{self, DeletionPlan, Recorded},
 };
+use crate::crd::reason;
 use crate::{
     crd::{DeletionPolicy, IngestionKeyRequest, ResourceKeyStatus, default_key_name},
     ibm::KeyDeletion,
     redact::SecretString,
 };
 
-pub(super) async fn cleanup(
+pub(super) async fn finalize(
     request: &IngestionKeyRequest,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
-    let reference = ObjectRef::from_obj(request);
     let status = request.status.clone().unwrap_or_default();
     let recorded = Recorded {
         key: status.resource_key.as_ref(),
@@ -33,14 +32,15 @@ pub(super) async fn cleanup(
     }
     let retain = request.spec.deletion_policy == DeletionPolicy::Retain;
     let default_name = default_key_name(request);
-    let (recorded_key, search) = match plan::cleanup(&recorded, retain, default_name.as_deref()) {
-        CleanupPlan::Release { retained } => {
-            // Keys it replaced go whatever the policy (it governs only the key in use).
-            retire_all(ctx, request, &reference).await;
-            return release(ctx, request, &reference, retained.as_ref()).await;
-        }
-        CleanupPlan::Delete { recorded, search } => (recorded, search),
-    };
+    let (recorded_key, search) =
+        match plan::plan_deletion(&recorded, retain, default_name.as_deref()) {
+            DeletionPlan::Release { retained } => {
+                // Keys it replaced go whatever the policy (it governs only the key in use).
+                retire_all(ctx, request).await;
+                return release(ctx, request, retained.as_ref()).await;
+            }
+            DeletionPlan::Delete { recorded, search } => (recorded, search),
+        };
     let key_label = recorded_key
         .as_ref()
         .map(|k| k.name.clone())
@@ -50,14 +50,12 @@ pub(super) async fn cleanup(
         key: key_label.clone(),
         detail,
     };
-    let api_key = api_key_for_cleanup(ctx, request, &reference)
-        .await
-        .ok_or_else(|| {
-            blocked(format!(
-                "the API key Secret {:?} is gone and the operator has no copy of the key",
-                request.spec.api_key_secret_ref.name
-            ))
-        })?;
+    let api_key = api_key_for_cleanup(ctx, request).await.ok_or_else(|| {
+        blocked(format!(
+            "the API key Secret {:?} is gone and the operator has no copy of the key",
+            request.spec.api_key_secret_ref.name
+        ))
+    })?;
     let deleted = delete_all(ctx, request, &api_key, recorded_key.as_ref(), search)
         .await
         .map_err(blocked)?
@@ -66,32 +64,29 @@ pub(super) async fn cleanup(
             .map_err(blocked)?;
     super::status::keys_deleted(ctx, request).await?;
     super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name).await?;
-    lock(&ctx.last_api_keys).remove(&reference);
-    ctx.forget_events(request);
+    ctx.forget(request);
     info!(deleted, "released (resource key deleted)");
     Ok(Action::await_change())
 }
 
 /// With `Retain`: deletes the keys the request replaced when the API key is at hand (it is not
 /// held for such a request); otherwise says what is left behind.
-async fn retire_all(
-    ctx: &Context,
-    request: &IngestionKeyRequest,
-    reference: &ObjectRef<IngestionKeyRequest>,
-) {
+async fn retire_all(ctx: &Context, request: &IngestionKeyRequest) {
     let retiring = request.status.as_ref().map_or(0, |s| s.retiring_keys.len());
     if retiring == 0 {
         return;
     }
-    let outcome = match api_key_for_cleanup(ctx, request, reference).await {
+    let outcome = match api_key_for_cleanup(ctx, request).await {
         Some(api_key) => delete_retiring(ctx, request, &api_key).await,
         None => Err("the API key Secret is gone".to_owned()),
     };
     if let Err(why) = outcome {
         let note =
             format!("could not delete the {retiring} replaced key(s) of this request: {why}");
-        let failed = event_reason::RESOURCE_KEY_DELETE_FAILED;
-        ctx.publish(request, EventType::Warning, failed, note).await;
+        let failed = reason::event::RESOURCE_KEY_DELETE_FAILED;
+        ctx.events
+            .publish(request, EventType::Warning, failed, note)
+            .await;
     }
 }
 
@@ -102,7 +97,7 @@ async fn delete_retiring(
     api_key: &SecretString,
 ) -> Result<usize, String> {
     let why = "the request that replaced it was deleted";
-    let reason = event_reason::RESOURCE_KEY_DELETED;
+    let reason = reason::event::RESOURCE_KEY_DELETED;
     let mut deleted = 0;
     let status = request.status.clone().unwrap_or_default();
     for key in status
@@ -122,7 +117,6 @@ async fn delete_retiring(
 async fn release(
     ctx: &Context,
     request: &IngestionKeyRequest,
-    reference: &ObjectRef<IngestionKeyRequest>,
     retained: Option<&ResourceKeyStatus>,
 ) -> Result<Action, ReconcileError> {
     if let Some(key) = retained {
@@ -135,12 +129,13 @@ async fn release(
             "kept resource key {} ({}) in IBM Cloud ({why})",
             key.name, key.guid
         );
-        let reason = event_reason::RESOURCE_KEY_RETAINED;
-        ctx.publish(request, EventType::Normal, reason, note).await;
+        let reason = reason::event::RESOURCE_KEY_RETAINED;
+        ctx.events
+            .publish(request, EventType::Normal, reason, note)
+            .await;
     }
     super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name).await?;
-    lock(&ctx.last_api_keys).remove(reference);
-    ctx.forget_events(request);
+    ctx.forget(request);
     info!(
         retained = retained.is_some(),
         "released; no resource key to delete"
@@ -150,14 +145,10 @@ async fn release(
 
 /// The API key from its Secret, else the copy kept in memory from the last apply (namespace
 /// deletion may remove the Secret before the request).
-async fn api_key_for_cleanup(
-    ctx: &Context,
-    request: &IngestionKeyRequest,
-    reference: &ObjectRef<IngestionKeyRequest>,
-) -> Option<SecretString> {
+async fn api_key_for_cleanup(ctx: &Context, request: &IngestionKeyRequest) -> Option<SecretString> {
     match super::api_key::read(ctx, request).await {
         Ok((key, _)) => Some(key),
-        Err(_) => lock(&ctx.last_api_keys).get(reference).cloned(),
+        Err(_) => ctx.last_api_key(request),
     }
 }
 
@@ -171,7 +162,7 @@ async fn delete_all(
     search: Option<(String, String)>,
 ) -> Result<usize, String> {
     let why = "the request was deleted (deletionPolicy Delete)";
-    let reason = event_reason::RESOURCE_KEY_DELETED;
+    let reason = reason::event::RESOURCE_KEY_DELETED;
     let mut deleted = 0;
     if let Some(key) = recorded {
         let outcome = delete_and_report(ctx, request, api_key, &key.guid, &key.name, reason, why)

@@ -11,10 +11,11 @@ use tracing::{debug, info, warn};
 use kube::ResourceExt;
 
 use super::{
-    Context, ReconcileError, event_reason,
-    plan::{self, Found, KeyPlan, Lookup, Recorded, ReplaceCause, Wanted},
+    Context, ReconcileError,
+    plan::{self, Found, KeyPlan, Lookup, Recorded, ReplaceCause, Wanted, keys::RecordWrite},
     status,
 };
+use crate::crd::reason;
 use crate::{
     crd::{IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, default_key_name},
     ibm::{CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey},
@@ -78,58 +79,63 @@ pub(super) async fn ensure_key(
     let found = look_up(ctx, access, &plan::lookup(&recorded, &wanted), &wanted).await?;
     let grace = ctx.settings.key_creation_grace;
     let ours_by_pending = recorded.pending.is_some_and(|p| p.name == key_name);
-    let (key, created_by_operator, written) =
-        match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
-            KeyPlan::Wait(wait) => return Ok(KeyLookup::CreationInFlight(wait)),
-            KeyPlan::Create => {
-                let replaced = recorded.key.map(|k| k.name.as_str());
-                let (key, written) =
-                    create(ctx, request, access, target, &key_name, replaced).await?;
-                (key, true, Some(written))
-            }
-            found @ KeyPlan::Use { .. } => {
-                let ours = default_name || ours_by_pending;
-                (adopt(ctx, request, access, found).await?, ours, None)
-            }
-        };
-    let replaces = plan::replaced(&recorded, &key.guid);
-    let is_recorded = recorded.key.is_some_and(|k| k.guid == key.guid);
-    let requested = request.annotations().get(ROTATE_ANNOTATION).cloned();
-    let handles_request =
-        matches!(target.replace, Some(ReplaceCause::Requested)) || recorded.key.is_none();
-    let rotation_request = requested.filter(|_| handles_request);
-    let role = if created_by_operator { target.role } else { "" };
-    if is_recorded && recorded.pending.is_none() {
-        return Ok(KeyLookup::Found {
-            key: Box::new(key),
-            request: Box::new(request.clone()),
-            unrecorded: None,
-        });
-    }
-    if let Some(latest) = written.as_ref().filter(|_| recorded.key.is_none()) {
-        let record = status::key_status(&key, role, created_by_operator);
-        return Ok(KeyLookup::Found {
-            key: Box::new(key),
-            request: Box::new(latest.clone()),
-            unrecorded: Some((record, rotation_request)),
-        });
-    }
-    let latest = written.as_ref().unwrap_or(request);
-    if replaces.is_some() {
-        ctx.metrics.observe_rotation();
-    }
-    let record = status::KeyRecord {
-        key: &key,
-        role,
-        created_by_operator,
-        replaces,
-        rotation_request,
+    let (key, written) = match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
+        KeyPlan::Wait(wait) => return Ok(KeyLookup::CreationInFlight(wait)),
+        KeyPlan::Create => {
+            let replaced = recorded.key.map(|k| k.name.as_str());
+            let (key, written) = create(ctx, request, access, target, &key_name, replaced).await?;
+            (key, Some(written))
+        }
+        found @ KeyPlan::Use { .. } => (adopt(ctx, request, access, found).await?, None),
     };
-    let request = status::record_key(ctx, latest, target.instance, record).await?;
+    let requested = request
+        .annotations()
+        .get(ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let ours = default_name || ours_by_pending;
+    let created = written.is_some();
+    let plan = plan::record(
+        &recorded,
+        &key.guid,
+        created,
+        ours,
+        target.replace,
+        requested,
+    );
+    let role = if plan.created_by_operator {
+        target.role
+    } else {
+        ""
+    };
+    let rotation_request = plan.rotation_request.map(str::to_owned);
+    let latest = written.unwrap_or_else(|| request.clone());
+    let (request, unrecorded) = match plan.write {
+        RecordWrite::Nothing => (latest, None),
+        RecordWrite::WithSync => {
+            let record = status::key_status(&key, role, plan.created_by_operator);
+            (latest, Some((record, rotation_request)))
+        }
+        RecordWrite::Now { replaces } => {
+            if replaces.is_some() {
+                ctx.metrics.observe_rotation();
+            }
+            let record = status::KeyRecord {
+                key: &key,
+                role,
+                created_by_operator: plan.created_by_operator,
+                replaces,
+                rotation_request,
+            };
+            (
+                status::record_key(ctx, &latest, target.instance, record).await?,
+                None,
+            )
+        }
+    };
     Ok(KeyLookup::Found {
         key: Box::new(key),
         request: Box::new(request),
-        unrecorded: None,
+        unrecorded,
     })
 }
 
@@ -154,7 +160,7 @@ async fn adopt(
     if others > 0 {
         warn!(count = others + 1, key_name = %key.name, "several active resource keys carry the configured name; using the oldest");
     }
-    let reason = event_reason::DUPLICATE_RESOURCE_KEY_DELETED;
+    let reason = reason::event::DUPLICATE_RESOURCE_KEY_DELETED;
     for duplicate in &duplicates {
         let why = format!("a duplicate of {} ({})", key.name, key.guid);
         let (guid, name) = (&duplicate.guid, &duplicate.name);
@@ -162,8 +168,10 @@ async fn adopt(
     }
     if record {
         let note = format!("reusing resource key {} ({})", key.name, key.guid);
-        let reused = event_reason::RESOURCE_KEY_REUSED;
-        ctx.publish(request, EventType::Normal, reused, note).await;
+        let reused = reason::event::RESOURCE_KEY_REUSED;
+        ctx.events
+            .publish(request, EventType::Normal, reused, note)
+            .await;
     }
     Ok(*key)
 }
@@ -221,8 +229,10 @@ async fn create(
             |cause| cause.to_string(),
         );
         let note = format!("creating resource key {key_name} to replace {old}: {why}");
-        let started = event_reason::ROTATION_STARTED;
-        ctx.publish(request, EventType::Normal, started, note).await;
+        let started = reason::event::ROTATION_STARTED;
+        ctx.events
+            .publish(request, EventType::Normal, started, note)
+            .await;
     }
     let create = CreateKeyRequest {
         name: key_name.to_owned(),
@@ -247,13 +257,14 @@ async fn create(
         "created resource key {} ({}) with role {} on instance {}",
         key.name, key.guid, create.role, instance.name
     );
-    ctx.publish(
-        request,
-        EventType::Normal,
-        event_reason::RESOURCE_KEY_CREATED,
-        note,
-    )
-    .await;
+    ctx.events
+        .publish(
+            request,
+            EventType::Normal,
+            reason::event::RESOURCE_KEY_CREATED,
+            note,
+        )
+        .await;
     info!(key = %key.guid, "created resource key");
     Ok((key, written))
 }
@@ -304,14 +315,18 @@ pub(super) async fn delete_and_report(
         Ok(KeyDeletion::Deleted) => {
             info!(key = %guid, key_name = %name, why, "deleted resource key");
             let note = format!("deleted resource key {name} ({guid}): {why}");
-            ctx.publish(request, EventType::Normal, reason, note).await;
+            ctx.events
+                .publish(request, EventType::Normal, reason, note)
+                .await;
         }
         Ok(KeyDeletion::AlreadyGone) => debug!(key = %guid, "resource key already gone"),
         Err(error) => {
             warn!(key = %guid, key_name = %name, %error, "could not delete resource key");
             let note = format!("could not delete resource key {name} ({guid}), {why}: {error}");
-            let failed = event_reason::RESOURCE_KEY_DELETE_FAILED;
-            ctx.publish(request, EventType::Warning, failed, note).await;
+            let failed = reason::event::RESOURCE_KEY_DELETE_FAILED;
+            ctx.events
+                .publish(request, EventType::Warning, failed, note)
+                .await;
         }
     }
     outcome

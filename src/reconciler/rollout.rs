@@ -20,7 +20,8 @@ use kube::{
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{Context, ReconcileError, event_reason, status};
+use super::{Context, ReconcileError, status};
+use crate::crd::reason;
 use crate::crd::{
     FIELD_MANAGER, FINGERPRINT_ANNOTATION, IngestionKeyRequest, RestartKind, RestartTarget,
     RolloutStatus,
@@ -90,9 +91,10 @@ pub(super) async fn drive(
             .iter()
             .filter(|m| !rollout.missing_targets.contains(m))
         {
-            let reason = event_reason::RESTART_TARGET_NOT_FOUND;
+            let reason = reason::event::RESTART_TARGET_NOT_FOUND;
             let note = format!("restart target {why}: it is not restarted");
-            ctx.publish(&request, EventType::Warning, reason, note)
+            ctx.events
+                .publish(&request, EventType::Warning, reason, note)
                 .await;
         }
         rollout.missing_targets = missing;
@@ -105,8 +107,10 @@ pub(super) async fn drive(
                 "restart targets run with credential {fingerprint} ({}s after the restart)",
                 elapsed.as_secs()
             );
-            let reason = event_reason::ROLLOUT_COMPLETE;
-            ctx.publish(&request, EventType::Normal, reason, note).await;
+            let reason = reason::event::ROLLOUT_COMPLETE;
+            ctx.events
+                .publish(&request, EventType::Normal, reason, note)
+                .await;
         }
         RolloutState::Complete
     } else {
@@ -116,8 +120,9 @@ pub(super) async fn drive(
                 "{rolling} restart target(s) did not roll out within {}s; the replaced key is kept until they do",
                 timeout.as_secs()
             );
-            let reason = event_reason::ROLLOUT_STALLED;
-            ctx.publish(&request, EventType::Warning, reason, note)
+            let reason = reason::event::ROLLOUT_STALLED;
+            ctx.events
+                .publish(&request, EventType::Warning, reason, note)
                 .await;
         }
         RolloutState::Waiting(poll_interval(elapsed))
@@ -200,8 +205,10 @@ async fn visit(
     }
     info!(target = %label, credential = fingerprint, "restarted to roll out the new credential");
     let note = format!("restarted {label} to roll out credential {fingerprint}");
-    let reason = event_reason::ROLLOUT_RESTARTED;
-    ctx.publish(request, EventType::Normal, reason, note).await;
+    let reason = reason::event::ROLLOUT_RESTARTED;
+    ctx.events
+        .publish(request, EventType::Normal, reason, note)
+        .await;
     Ok(Found::Restarted)
 }
 

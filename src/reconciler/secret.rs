@@ -9,7 +9,8 @@ use kube::{
 };
 use tracing::warn;
 
-use super::{Context, ReconcileError, event_reason, reason};
+use super::{Context, ReconcileError};
+use crate::crd::reason;
 use crate::{
     crd::{FIELD_MANAGER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     redact::SecretString,
@@ -159,7 +160,7 @@ pub(super) async fn delete_previous(ctx: &Context, request: &IngestionKeyRequest
     let (type_, reason, note) = match api.delete(&name, &params).await {
         Ok(_) => (
             EventType::Normal,
-            event_reason::SECRET_DELETED,
+            reason::event::SECRET_DELETED,
             format!(
                 "deleted Secret {name}: the credential now lives in Secret {}",
                 request.spec.secret.name
@@ -175,7 +176,7 @@ pub(super) async fn delete_previous(ctx: &Context, request: &IngestionKeyRequest
             )
         }
     };
-    ctx.publish(request, type_, reason, note).await;
+    ctx.events.publish(request, type_, reason, note).await;
 }
 
 /// `Ok` when the existing Secret is ours or an orphan of ours (its owning request is gone);

@@ -11,7 +11,8 @@ use kube::{
 };
 use serde::Serialize;
 
-use super::{Context, ReconcileError, reason};
+use super::{Context, ReconcileError};
+use crate::crd::reason;
 use crate::{
     crd::{
         IngestionKeyRequest, InstanceStatus, PendingKeyCreation, READY_CONDITION,
@@ -127,12 +128,7 @@ async fn send(
 }
 
 fn previous_ready(request: &IngestionKeyRequest) -> Option<&Condition> {
-    request
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == READY_CONDITION)
+    request.status.as_ref()?.ready()
 }
 
 /// The Ready condition, keeping `lastTransitionTime` while its status does not change.

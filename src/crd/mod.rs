@@ -1,0 +1,40 @@
+//! The `IngestionKeyRequest` custom resource (group `keysync.dev`, version `v1alpha1`), its names,
+//! and the validation the operator applies itself (older API servers ignore CEL rules).
+//!
+//! Below everything else of the operator: it depends on no other module of ours, and every other
+//! module (the metrics included) reads its names and reasons from here.
+
+pub mod reason;
+mod spec;
+mod status;
+mod validate;
+
+use std::time::Duration;
+
+pub use self::{spec::*, status::*, validate::*};
+
+/// API group of the custom resource.
+pub const GROUP: &str = "keysync.dev";
+/// Finalizer that guards the IBM Cloud resource key.
+pub const FINALIZER: &str = "keysync.dev/resource-key";
+/// Finalizer the operator keeps on an API key Secret while a request may still need that API
+/// key to delete its resource key.
+pub const API_KEY_FINALIZER: &str = "keysync.dev/api-key-in-use";
+/// Server-side apply field manager, and the name events are reported under.
+pub const FIELD_MANAGER: &str = "ingestion-key-operator";
+/// Label put on every Secret the operator writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "ingestion-key-operator";
+/// The condition every tool reads.
+pub const READY_CONDITION: &str = "Ready";
+/// The shortest refresh interval accepted: anything shorter would hammer IBM Cloud.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// The shortest rotation interval accepted (the operator's `--min-rotation-interval` may lower it,
+/// for tests only).
+pub const MIN_ROTATION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Annotation on a request: any new value asks for one rotation of its key.
+pub const ROTATE_ANNOTATION: &str = "keysync.dev/rotate";
+/// Pod-template annotation set on restart targets: the fingerprint of the credential they must
+/// run with (a change rolls them out, as `kubectl rollout restart` does).
+pub const FINGERPRINT_ANNOTATION: &str = "keysync.dev/credential-fingerprint";

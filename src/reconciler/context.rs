@@ -1,0 +1,255 @@
+//! What every reconcile shares: the settings, the clients, the events, and the operator's memory
+//! of each request. That memory is only an optimisation or a bridge over a gap (the API key of a
+//! request whose Secret went first), keyed by the request's UID so that a request deleted and
+//! re-created under the same name starts clean, and dropped when the request goes.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+use kube::{Client, ResourceExt, runtime::reflector::Store};
+
+use super::{events::Events, keys::CreationAttempt};
+use crate::{
+    crd::IngestionKeyRequest,
+    ibm::{IbmApi, IbmError, ResourceInstance},
+    metrics::{Metrics, RequestSample},
+    redact::SecretString,
+};
+
+/// Settings of the controller that are not part of any request.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// How long a name/GUID/CRN -> instance resolution is reused.
+    pub instance_cache_ttl: Duration,
+    /// After a key creation that may not have completed (crash, timeout), how long to wait for
+    /// the key to appear before creating it again.
+    pub key_creation_grace: Duration,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// The shortest `spec.rotation.interval` accepted (1h; lower only in tests).
+    pub min_rotation_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            instance_cache_ttl: Duration::from_secs(300),
+            key_creation_grace: Duration::from_secs(60),
+            concurrency: 16,
+            min_rotation_interval: crate::crd::MIN_ROTATION_INTERVAL,
+        }
+    }
+}
+
+/// The operator's last successful sync of a request.
+pub(super) struct LastSync {
+    pub generation: Option<i64>,
+    pub fingerprint: String,
+    pub at: Instant,
+}
+
+/// The last creation IBM Cloud refused (4xx), and when.
+struct Refusal {
+    attempt: CreationAttempt,
+    at: Instant,
+    error: IbmError,
+}
+
+/// What the operator remembers of one request between reconciles.
+#[derive(Default)]
+struct Memory {
+    /// The last API key it used: lets deletion proceed when the API key Secret went first
+    /// (namespace deletion removes both at once).
+    api_key: Option<SecretString>,
+    /// Failed reconciles in a row (the back-off's attempt count).
+    failures: u32,
+    /// Not asked again for the same spec, API key and instance until the permanent back-off has
+    /// passed, so that the status writes of a failure do not turn into a loop of refused
+    /// creations.
+    refusal: Option<Refusal>,
+    /// The generation and fingerprint of the last successful sync (see `apply::last_sync`);
+    /// forgotten on any failure.
+    synced: Option<LastSync>,
+}
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    pub client: Client,
+    pub ibm: Arc<dyn IbmApi>,
+    pub(super) events: Events,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    /// Resolved instances by selector, with when they were resolved.
+    instances: Mutex<HashMap<String, (ResourceInstance, Instant)>>,
+    /// Per request, by UID.
+    memory: Mutex<HashMap<String, Memory>>,
+    /// The controllers' caches of requests, while this replica reconciles: the per-request
+    /// metrics are read from them at scrape time (a deleted request's series go with it).
+    pub(super) stores: Mutex<Vec<Store<IngestionKeyRequest>>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        ibm: impl IbmApi,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            events: Events::new(client.clone()),
+            client,
+            ibm: Arc::new(ibm),
+            metrics,
+            settings,
+            instances: Mutex::default(),
+            memory: Mutex::default(),
+            stores: Mutex::default(),
+        }
+    }
+
+    /// The per-request metrics of every request this replica reconciles.
+    pub fn request_samples(&self) -> Vec<RequestSample> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        lock(&self.stores)
+            .iter()
+            .flat_map(|store| store.state())
+            .map(|request| RequestSample::of(&request, now))
+            .collect()
+    }
+
+    pub(super) fn cached_instance(&self, cache_key: &str) -> Option<ResourceInstance> {
+        let cache = lock(&self.instances);
+        let (instance, at) = cache.get(cache_key)?;
+        (at.elapsed() < self.settings.instance_cache_ttl).then(|| instance.clone())
+    }
+
+    pub(super) fn cache_instance(&self, cache_key: String, instance: &ResourceInstance) {
+        let mut cache = lock(&self.instances);
+        // Expired entries go whenever one is added, so the cache holds at most what one TTL saw.
+        let ttl = self.settings.instance_cache_ttl;
+        cache.retain(|_, (_, at)| at.elapsed() < ttl);
+        cache.insert(cache_key, (instance.clone(), Instant::now()));
+    }
+
+    pub(super) fn forget_instance(&self, cache_key: &str) {
+        lock(&self.instances).remove(cache_key);
+    }
+
+    fn with_memory<T>(&self, request: &IngestionKeyRequest, f: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut memory = lock(&self.memory);
+        f(memory.entry(request.uid().unwrap_or_default()).or_default())
+    }
+
+    /// Changes the memory of a request only if there is one: a request that is gone (its last
+    /// reconcile ran after `forget`) gets no new entry.
+    fn if_remembered(&self, request: &IngestionKeyRequest, f: impl FnOnce(&mut Memory)) {
+        if let Some(memory) = lock(&self.memory).get_mut(&request.uid().unwrap_or_default()) {
+            f(memory);
+        }
+    }
+
+    fn read_memory<T>(
+        &self,
+        request: &IngestionKeyRequest,
+        f: impl FnOnce(&Memory) -> Option<T>,
+    ) -> Option<T> {
+        let memory = lock(&self.memory);
+        f(memory.get(&request.uid().unwrap_or_default())?)
+    }
+
+    /// Remembers the API key a request used; returns the one it used before.
+    pub(super) fn remember_api_key(
+        &self,
+        request: &IngestionKeyRequest,
+        api_key: SecretString,
+    ) -> Option<SecretString> {
+        self.with_memory(request, |m| m.api_key.replace(api_key))
+    }
+
+    pub(super) fn last_api_key(&self, request: &IngestionKeyRequest) -> Option<SecretString> {
+        self.read_memory(request, |m| m.api_key.clone())
+    }
+
+    /// Counts one more failed reconcile; returns how many in a row.
+    pub(super) fn count_failure(&self, request: &IngestionKeyRequest) -> u32 {
+        self.with_memory(request, |m| {
+            m.failures = m.failures.saturating_add(1);
+            m.failures
+        })
+    }
+
+    pub(super) fn clear_failures(&self, request: &IngestionKeyRequest) {
+        self.if_remembered(request, |m| m.failures = 0);
+    }
+
+    pub(super) fn remember_refusal(
+        &self,
+        request: &IngestionKeyRequest,
+        attempt: CreationAttempt,
+        error: IbmError,
+    ) {
+        let refusal = Refusal {
+            attempt,
+            at: Instant::now(),
+            error,
+        };
+        self.with_memory(request, |m| m.refusal = Some(refusal));
+    }
+
+    /// The refusal of this very creation, if it is recent enough to stand.
+    pub(super) fn refused_creation(
+        &self,
+        request: &IngestionKeyRequest,
+        attempt: &CreationAttempt,
+    ) -> Option<IbmError> {
+        let stands = super::controller::PERMANENT.after(1);
+        self.read_memory(request, |m| {
+            let refusal = m.refusal.as_ref()?;
+            (&refusal.attempt == attempt && refusal.at.elapsed() < stands)
+                .then(|| refusal.error.clone())
+        })
+    }
+
+    pub(super) fn remember_sync(&self, request: &IngestionKeyRequest, fingerprint: &str) {
+        let entry = LastSync {
+            generation: request.metadata.generation,
+            fingerprint: fingerprint.to_owned(),
+            at: Instant::now(),
+        };
+        self.with_memory(request, |m| m.synced = Some(entry));
+    }
+
+    /// The last sync of this generation of the request, as (fingerprint, age).
+    pub(super) fn remembered_sync(
+        &self,
+        request: &IngestionKeyRequest,
+    ) -> Option<(String, Duration)> {
+        self.read_memory(request, |m| {
+            let last = m.synced.as_ref()?;
+            (last.generation == request.metadata.generation)
+                .then(|| (last.fingerprint.clone(), last.at.elapsed()))
+        })
+    }
+
+    pub(super) fn forget_sync(&self, request: &IngestionKeyRequest) {
+        self.if_remembered(request, |m| m.synced = None);
+    }
+
+    /// Forgets everything about a request that is gone.
+    pub(super) fn forget(&self, request: &IngestionKeyRequest) {
+        let uid = request.uid().unwrap_or_default();
+        lock(&self.memory).remove(&uid);
+        self.events.forget(&uid);
+    }
+}
+
+/// A poisoned lock still holds consistent data here (every critical section is one map call).
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

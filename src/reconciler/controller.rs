@@ -1,0 +1,307 @@
+//! The controller: what is watched, the entry of one reconcile (finalizer: apply or cleanup), and
+//! what happens after a failure (status, event, back-off).
+
+use std::{
+    hash::{Hash, Hasher},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::{FutureExt, StreamExt, future::Shared};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{Action, Config as ControllerConfig},
+        events::EventType,
+        finalizer::{self, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher::{self, watcher},
+    },
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{Context, ReconcileError, apply, context::lock, deletion, status};
+use crate::{
+    backoff::Backoff,
+    crd::{FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+};
+
+/// Transient failures (IBM Cloud or the API server unavailable) retry soon.
+pub(super) const TRANSIENT: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+/// Failures a person must fix retry late (a change to the request or its API key Secret
+/// triggers a reconcile anyway).
+pub(super) const PERMANENT: Backoff =
+    Backoff::new(Duration::from_secs(300), Duration::from_secs(3600));
+
+/// Shared "stop now" signal for every controller and the admin server.
+pub type Shutdown = Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// One reconcile: the finalizer decides between apply and cleanup. Runs in a span carrying the
+/// request's namespace and name, so every log line below names the request. Public so that tests
+/// can drive single reconciles against a real API server.
+pub async fn reconcile(
+    request: Arc<IngestionKeyRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let span = info_span!(
+        "reconcile",
+        namespace = %request.namespace().unwrap_or_default(),
+        request = %request.name_any()
+    );
+    reconcile_in_span(request, ctx).instrument(span).await
+}
+
+async fn reconcile_in_span(
+    request: Arc<IngestionKeyRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let api: Api<IngestionKeyRequest> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, request.clone(), |event| async {
+        match event {
+            finalizer::Event::Apply(request) => apply::apply(&request, &ctx).await,
+            finalizer::Event::Cleanup(request) => deletion::finalize(&request, &ctx).await,
+        }
+    })
+    .await
+    .map_err(from_finalizer);
+    if let Err(error) = &result {
+        report_failure(&ctx, &request, error).await;
+    }
+    let failure = result.as_ref().err().map(ReconcileError::reason);
+    ctx.metrics.observe_reconcile(started.elapsed(), failure);
+    match &result {
+        Ok(action) => {
+            ctx.clear_failures(&request);
+            debug!(?action, "reconciled");
+        }
+        Err(error) => warn!(reason = error.reason(), %error, "reconcile failed"),
+    }
+    result
+}
+
+fn from_finalizer(error: finalizer::Error<ReconcileError>) -> ReconcileError {
+    match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(source) => ReconcileError::Kubernetes {
+            action: "add finalizer",
+            source,
+        },
+        finalizer::Error::RemoveFinalizer(source) => ReconcileError::Kubernetes {
+            action: "remove finalizer",
+            source,
+        },
+        other => ReconcileError::Unexpected(other.to_string()),
+    }
+}
+
+/// Says what is wrong where users look: the Ready condition, and a Warning event when the reason
+/// changes. Kubernetes failures are not reported there (the status write would fail as well).
+async fn report_failure(ctx: &Context, request: &IngestionKeyRequest, error: &ReconcileError) {
+    ctx.forget_sync(request);
+    if matches!(
+        error,
+        ReconcileError::Kubernetes { .. } | ReconcileError::Unexpected(_)
+    ) {
+        return;
+    }
+    let transition = status::is_transition(request, error.reason());
+    if let Err(status_error) = status::failed(ctx, request, error).await {
+        warn!(error = %status_error, "could not write failure status");
+    }
+    if transition {
+        let (reason, note) = (error.reason(), error.to_string());
+        let events = &ctx.events;
+        events
+            .publish(request, EventType::Warning, reason, note)
+            .await;
+    }
+}
+
+/// Back-off per request: [`TRANSIENT`] or [`PERMANENT`], and never before the time IBM Cloud
+/// named in a 429, however long.
+fn error_policy(
+    request: Arc<IngestionKeyRequest>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    let attempt = ctx.count_failure(&request);
+    let backoff = if error.is_transient() {
+        TRANSIENT
+    } else {
+        PERMANENT
+    };
+    let delay = jitter(backoff.after(attempt), &ObjectRef::from_obj(&*request));
+    let named = error
+        .retry_at()
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    Action::requeue(delay.max(named.saturating_add(Duration::from_millis(100))))
+}
+
+/// Spreads requeues by up to +-10% so that many requests created together do not refresh in
+/// lock-step against IBM Cloud.
+pub(super) fn jitter(delay: Duration, key: &ObjectRef<IngestionKeyRequest>) -> Duration {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    SystemTime::now().hash(&mut hasher);
+    let unit = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+    delay.mul_f64(1.0 + unit * 0.1)
+}
+
+/// Runs the controller(s) until `shutdown` resolves. `ready` is set once every watch has synced.
+/// One controller per watched namespace (or one for all).
+pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) {
+    let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let (controller, store) = controller_for(&ctx, scope.as_deref(), shutdown.clone());
+        stores.push(store);
+        controllers.push(controller);
+    }
+    *lock(&ctx.stores) = stores.clone();
+    let readiness = async move {
+        for store in stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        ready.store(true, Ordering::Release);
+        info!("caches synced; ready");
+    };
+    tokio::join!(futures::future::join_all(controllers), readiness);
+    lock(&ctx.stores).clear();
+}
+
+fn api_in<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match scope {
+        None => Api::all(client.clone()),
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+    }
+}
+
+/// The controller of one scope: requests, the Secrets it owns (by label), and the API key Secrets
+/// (metadata only, mapped back to the requests that reference them).
+fn controller_for(
+    ctx: &Arc<Context>,
+    scope: Option<&str>,
+    shutdown: Shutdown,
+) -> (
+    futures::future::BoxFuture<'static, ()>,
+    Store<IngestionKeyRequest>,
+) {
+    let managed_secrets =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    // The requests' cache, pruned of what the operator never reads (managedFields, kubectl's
+    // last-applied copy of the spec): most of an object's memory (docs/performance.md).
+    let (store, writer) = reflector::store();
+    let requests_stream = watcher(
+        api_in::<IngestionKeyRequest>(&ctx.client, scope),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(prune)
+    .reflect(writer)
+    .applied_objects();
+    let controller = Controller::for_stream(requests_stream, store.clone())
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
+    let requests = store.clone();
+    // API key Secrets are watched as metadata only and never cached: each event is mapped to
+    // the requests that reference that Secret, so fixing a missing API key acts at once.
+    let referencing = move |secret: PartialObjectMeta<Secret>| {
+        let (namespace, name) = (secret.namespace(), secret.name_any());
+        requests
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace() == namespace && r.spec.api_key_secret_ref.name == name)
+            .map(|r| ObjectRef::from_obj(&*r))
+            .collect::<Vec<_>>()
+    };
+    let running = controller
+        .owns(api_in::<Secret>(&ctx.client, scope), managed_secrets)
+        .watches(
+            api_in::<PartialObjectMeta<Secret>>(&ctx.client, scope),
+            watcher::Config::default(),
+            referencing,
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                // Already logged, with its reason, by `reconcile`.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+                Err(error) => warn!(%error, "controller or watch error"),
+            }
+        })
+        .boxed();
+    (running, store)
+}
+
+/// Drops from a cached request what no reconcile reads.
+fn prune(request: &mut IngestionKeyRequest) {
+    request.metadata.managed_fields = None;
+    if let Some(annotations) = request.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// kubectl's client-side apply keeps the whole applied object in this annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_no_managed_fields_and_no_applied_copy() {
+        let mut request: IngestionKeyRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+            "metadata": {"name": "at", "annotations": {LAST_APPLIED: "{}", "keysync.dev/rotate": "1"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"instance": {"name": "x"}, "apiKeySecretRef": {"name": "k"}},
+        }))
+        .unwrap();
+        prune(&mut request);
+        assert!(request.metadata.managed_fields.is_none());
+        let annotations = request.metadata.annotations.unwrap();
+        assert_eq!(annotations.len(), 1, "the operator's own annotation stays");
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(TRANSIENT.after(1), Duration::from_secs(1));
+        assert_eq!(TRANSIENT.after(4), Duration::from_secs(8));
+        assert_eq!(TRANSIENT.after(40), Duration::from_secs(300));
+        assert_eq!(PERMANENT.after(1), Duration::from_secs(300));
+        assert_eq!(PERMANENT.after(10), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let key = ObjectRef::<IngestionKeyRequest>::new("a").within("b");
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(100), &key);
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
+        }
+    }
+}
