@@ -4,7 +4,8 @@
 //! the same run (N Secrets + N ConfigMaps in one `kubectl apply`), Resource Controller calls per
 //! request, Kubernetes writes per request, operator RSS, apply -> Ready latency of single
 //! requests, and the refresh at `refreshInterval: 1m` (IBM calls per minute, operator CPU).
-//! Asserts nothing about time; only the contract's "one token exchange per API key".
+//! Asserts nothing about time; only "one token exchange per API key"
+//! (the IAM token is cached and shared by every request using that key).
 //!
 //! `make bench` (or `cargo bench --bench scale`). `IKO_BENCH_COUNTS` (default `200,1000`) lists
 //! the request counts, `IKO_BENCH_MAX_RPS` (default 1000) the operator's `--ibm-max-rps`,

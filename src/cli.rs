@@ -79,8 +79,8 @@ pub struct RunArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
-    /// The shortest spec.rotation.interval accepted. For tests and demos only: production keeps
-    /// the contract's 1h.
+    /// The shortest spec.rotation.interval accepted. For tests and demos only: in production a
+    /// key is rotated at most once an hour.
     #[arg(long, default_value = "1h", value_parser = duration_arg, hide = true)]
     pub min_rotation_interval: Duration,
     /// Take part in leader election (a Lease named ingestion-key-operator): only the leader

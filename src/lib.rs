@@ -9,6 +9,7 @@ pub mod admin;
 pub mod backoff;
 pub mod cli;
 pub mod crd;
+pub mod histogram;
 pub mod ibm;
 pub mod leader;
 pub mod metrics;

@@ -15,7 +15,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     crd::{IngestionKeyRequest, reason},
-    ibm::{BudgetStats, LATENCY_BUCKETS, LatencyHistogram},
+    histogram::{Histogram, escape_label},
+    ibm::BudgetStats,
 };
 
 const PREFIX: &str = "ingestion_key_operator";
@@ -23,13 +24,6 @@ const PREFIX: &str = "ingestion_key_operator";
 const DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; DURATION_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
 
 /// The `result` label values of `reconcile_total`.
 const RESULTS: [&str; 2] = ["success", "error"];
@@ -54,7 +48,7 @@ impl Default for Metrics {
         Metrics {
             reconciles: Mutex::new(RESULTS.into_iter().map(|r| (r, 0)).collect()),
             failures: Mutex::new(reason::FAILURES.into_iter().map(|r| (r, 0)).collect()),
-            duration: Mutex::default(),
+            duration: Mutex::new(Histogram::new(&DURATION_BUCKETS)),
             leader: AtomicBool::default(),
             retired_key_deletions: Mutex::new(
                 ["deleted", "failed"].into_iter().map(|r| (r, 0)).collect(),
@@ -76,15 +70,7 @@ impl Metrics {
         if let Some(reason) = failure_reason {
             *lock(&self.failures).entry(reason).or_default() += 1;
         }
-        let seconds = elapsed.as_secs_f64();
-        let mut histogram = lock(&self.duration);
-        for (bucket, bound) in histogram.counts.iter_mut().zip(DURATION_BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
-        histogram.count += 1;
-        histogram.sum += seconds;
+        lock(&self.duration).observe(elapsed);
     }
 
     /// Records one deletion attempt of a replaced key.
@@ -122,7 +108,7 @@ impl Metrics {
     pub fn render_with_latency(
         &self,
         ibm_requests: &[((String, String), u64)],
-        ibm_latency: &[(String, LatencyHistogram)],
+        ibm_latency: &[(String, Histogram)],
         budget: BudgetStats,
         requests: &[RequestSample],
     ) -> String {
@@ -186,27 +172,10 @@ impl Metrics {
             "histogram",
             "Time spent in one reconcile.",
         );
-        let histogram = lock(&self.duration);
-        for (count, bound) in histogram.counts.iter().zip(DURATION_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{PREFIX}_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{PREFIX}_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-            histogram.count
-        );
-        let _ = writeln!(
-            out,
-            "{PREFIX}_reconcile_duration_seconds_sum {}",
-            histogram.sum
-        );
-        let _ = writeln!(
-            out,
-            "{PREFIX}_reconcile_duration_seconds_count {}",
-            histogram.count
+        lock(&self.duration).render(
+            &mut out,
+            &format!("{PREFIX}_reconcile_duration_seconds"),
+            "",
         );
         header(
             &mut out,
@@ -215,7 +184,7 @@ impl Metrics {
             "Requests to IBM Cloud (IAM and Resource Controller), by endpoint and HTTP status.",
         );
         for ((endpoint, status), count) in ibm_requests {
-            let endpoint = endpoint.replace('\\', "\\\\").replace('"', "\\\"");
+            let endpoint = escape_label(endpoint);
             let _ = writeln!(
                 out,
                 "{PREFIX}_ibm_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
@@ -227,26 +196,10 @@ impl Metrics {
             "histogram",
             "Time from sending a request to IBM Cloud to its complete answer, by endpoint.",
         );
+        let name = format!("{PREFIX}_ibm_request_duration_seconds");
         for (endpoint, histogram) in ibm_latency {
-            let endpoint = escape(endpoint);
-            let name = format!("{PREFIX}_ibm_request_duration_seconds");
-            for (count, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{endpoint=\"{endpoint}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let count = histogram.count;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{{endpoint=\"{endpoint}\"}} {}",
-                histogram.sum_seconds
-            );
-            let _ = writeln!(out, "{name}_count{{endpoint=\"{endpoint}\"}} {count}");
+            let labels = format!("endpoint=\"{}\",", escape_label(endpoint));
+            histogram.render(&mut out, &name, &labels);
         }
         header(
             &mut out,
@@ -336,14 +289,6 @@ type RequestGauge = (
     fn(&RequestSample) -> Option<f64>,
 );
 
-/// Label values are user-chosen names: escaped as the text format requires.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// The per-request series: one Ready series per request (its status and reason as labels), key
 /// age, next rotation, retiring keys. Only the replica that reconciles has requests to show.
 pub fn render_requests(out: &mut String, requests: &[RequestSample]) {
@@ -359,9 +304,9 @@ pub fn render_requests(out: &mut String, requests: &[RequestSample]) {
         let _ = writeln!(
             out,
             "{PREFIX}_request_condition{{namespace=\"{}\",name=\"{}\",condition=\"Ready\",status=\"{status}\",reason=\"{}\"}} 1",
-            escape(&r.namespace),
-            escape(&r.name),
-            escape(&r.reason)
+            escape_label(&r.namespace),
+            escape_label(&r.name),
+            escape_label(&r.reason)
         );
     }
     let gauges: [RequestGauge; 5] = [
@@ -398,8 +343,8 @@ pub fn render_requests(out: &mut String, requests: &[RequestSample]) {
                 let _ = writeln!(
                     out,
                     "{PREFIX}_{name}{{namespace=\"{}\",name=\"{}\"}} {v}",
-                    escape(&r.namespace),
-                    escape(&r.name)
+                    escape_label(&r.namespace),
+                    escape_label(&r.name)
                 );
             }
         }

@@ -72,7 +72,8 @@ pub enum SecretOwnership {
     Foreign,
 }
 
-/// Classifies `existing` for `request` (contract rule 7).
+/// Classifies `existing` for `request`: a Secret is ours only when it carries our managed-by
+/// label and this request as its controlling owner; anything else is never overwritten.
 pub fn ownership(existing: &Secret, request: &IngestionKeyRequest) -> SecretOwnership {
     let labelled = existing
         .metadata

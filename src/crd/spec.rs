@@ -1,4 +1,5 @@
-//! The spec of an `IngestionKeyRequest`: what a user asks for, with the defaults of the contract.
+//! The spec of an `IngestionKeyRequest`: what a user asks for, with the defaults users get
+//! when they leave a field out.
 
 // Several `printcolumn(...)` attributes share `type_ = "string"`, which clippy takes for a
 // duplicated attribute.

@@ -14,7 +14,6 @@ use tracing::{debug, info};
 use super::budget::Budget;
 use super::endpoints::Endpoints;
 use super::error::{ErrorKind, IbmError};
-use super::latency::LatencyHistogram;
 use super::model::{CreateKeyRequest, InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey};
 use super::paging::PAGE_LIMIT;
 use super::token::TokenCache;
@@ -23,7 +22,13 @@ use super::{
     OP_CREATE_KEY, OP_DELETE_KEY, OP_FIND_KEYS, OP_GET_INSTANCE, OP_GET_KEY, OP_LIST_INSTANCES,
     OP_LIST_KEYS,
 };
+use crate::histogram::Histogram;
 use crate::redact::SecretString;
+
+/// Upper bounds (seconds) of the request latency buckets: IBM Cloud answers in tens to hundreds
+/// of milliseconds; the top buckets catch timeouts.
+pub(super) const LATENCY_BUCKETS: [f64; 10] =
+    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Timeouts and retry policy.
 #[derive(Clone, Debug)]
@@ -66,7 +71,7 @@ pub(super) struct Inner {
     pub(super) tokens: TokenCache,
     pub(super) budget: Budget,
     pub(super) counts: Mutex<BTreeMap<(String, String), u64>>,
-    pub(super) latencies: Mutex<BTreeMap<String, LatencyHistogram>>,
+    pub(super) latencies: Mutex<BTreeMap<String, Histogram>>,
     pub(super) token_exchanges: AtomicU64,
     /// Test hook: milliseconds added to the monotonic clock used by the token cache.
     pub(super) clock_offset_ms: AtomicU64,
@@ -291,7 +296,7 @@ impl IbmCloud {
     }
 
     /// Latency of the requests made so far, by endpoint template.
-    pub fn request_latencies(&self) -> Vec<(String, LatencyHistogram)> {
+    pub fn request_latencies(&self) -> Vec<(String, Histogram)> {
         let latencies = self
             .inner
             .latencies

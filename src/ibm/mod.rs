@@ -10,7 +10,6 @@ mod budget;
 mod client;
 mod endpoints;
 mod error;
-mod latency;
 mod model;
 mod paging;
 mod retry;
@@ -23,7 +22,6 @@ pub use budget::BudgetStats;
 pub use client::{ClientConfig, IbmCloud};
 pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};
-pub use latency::{LATENCY_BUCKETS, LatencyHistogram};
 pub use model::{
     CreateKeyRequest, CredentialError, Credentials, Crn, InstanceQuery, KeyDeletion,
     ResourceInstance, ResourceKey, ResourceList, TokenResponse, role_for_key,

@@ -10,9 +10,10 @@ use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
-use super::client::IbmCloud;
+use super::client::{IbmCloud, LATENCY_BUCKETS};
 use super::error::{ErrorKind, IbmError};
 use super::retry;
+use crate::histogram::Histogram;
 use crate::redact::SecretString;
 
 /// Whether a failed request may be sent again.
@@ -242,7 +243,7 @@ impl IbmCloud {
             .unwrap_or_else(|p| p.into_inner());
         latencies
             .entry(request.endpoint.to_owned())
-            .or_default()
+            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS))
             .observe(started.elapsed());
         drop(latencies);
         result

@@ -17,7 +17,7 @@ use super::{
     Context, ReconcileError, api_key,
     controller::jitter,
     instance,
-    keys::{self, Access, KeyLookup, KeyTarget},
+    keys::{self, Access, KeyOutcome, KeySpec},
     plan::{
         self, Recorded, ReplaceCause,
         sync::{FastPath, Waits},
@@ -56,14 +56,14 @@ pub(super) async fn apply(
         secret_name: &request.spec.api_key_secret_ref.name,
     };
     let instance = instance::resolve(ctx, &api_key, &valid.instance, access.secret_name).await?;
-    let existing_secret = secret::target(ctx, request).await?;
+    let existing_secret = secret::read_ours(ctx, request).await?;
     // From here on a key may exist: the API key must outlive the request (namespace deletion).
     api_key::hold(ctx, request, &api_key_secret).await?;
     let role = role_for_key(
         &request.spec.resource_key.role,
         instance.service_name().unwrap_or_default(),
     );
-    let mut target = KeyTarget {
+    let mut target = KeySpec {
         instance: &instance,
         base_name: &valid.key_name,
         role: &role,
@@ -94,7 +94,7 @@ pub(super) async fn apply(
         Err(error) => return Err(error),
     };
     let fingerprint = credential.fingerprint();
-    let outcome = secret::sync(ctx, &request, existing_secret, &credential).await?;
+    let outcome = secret::write(ctx, &request, existing_secret, &credential).await?;
     report_secret(ctx, &request, outcome, &key, &fingerprint).await;
     secret::delete_previous(ctx, &request).await;
     // Only now that the Secret holds the new key may the restart targets and retirements go on.
@@ -140,15 +140,15 @@ async fn ensure(
     ctx: &Context,
     request: &IngestionKeyRequest,
     access: &Access<'_>,
-    target: &KeyTarget<'_>,
+    target: &KeySpec<'_>,
 ) -> Result<Result<Ensured, Duration>, ReconcileError> {
     match keys::ensure_key(ctx, request, access, target).await? {
-        KeyLookup::Found {
+        KeyOutcome::InUse {
             key,
             request,
             unrecorded,
         } => Ok(Ok((key, *request, unrecorded))),
-        KeyLookup::CreationInFlight(wait) => {
+        KeyOutcome::CreationInFlight(wait) => {
             info!(
                 wait_seconds = wait.as_secs(),
                 "a key creation may still be completing in IBM Cloud; waiting before creating again"
@@ -195,7 +195,7 @@ async fn held_one_time(
     if let Some(held) = secret.and_then(|s| held_credential(s, fingerprint)) {
         return Ok(Some(held));
     }
-    let previous = secret::previous(ctx, request).await?;
+    let previous = secret::read_previous(ctx, request).await?;
     Ok(previous.and_then(|s| held_credential(&s, fingerprint)))
 }
 

@@ -23,8 +23,8 @@ use crate::{
 };
 
 /// The key to use, with the request as last written (recording a key writes its status).
-pub(super) enum KeyLookup {
-    Found {
+pub(super) enum KeyOutcome {
+    InUse {
         key: Box<ResourceKey>,
         request: Box<IngestionKeyRequest>,
         /// A first key, just created: recorded by the sync's final status write (with the
@@ -44,7 +44,7 @@ pub(super) struct Access<'a> {
 }
 
 /// The key the spec asks for.
-pub(super) struct KeyTarget<'a> {
+pub(super) struct KeySpec<'a> {
     pub instance: &'a ResourceInstance,
     /// The request's key name (default or `resourceKey.name`), before any `:r<N>`.
     pub base_name: &'a str,
@@ -61,8 +61,8 @@ pub(super) async fn ensure_key(
     ctx: &Context,
     request: &IngestionKeyRequest,
     access: &Access<'_>,
-    target: &KeyTarget<'_>,
-) -> Result<KeyLookup, ReconcileError> {
+    target: &KeySpec<'_>,
+) -> Result<KeyOutcome, ReconcileError> {
     let status = request.status.clone().unwrap_or_default();
     let recorded = Recorded {
         key: status.resource_key.as_ref(),
@@ -80,7 +80,7 @@ pub(super) async fn ensure_key(
     let grace = ctx.settings.key_creation_grace;
     let ours_by_pending = recorded.pending.is_some_and(|p| p.name == key_name);
     let (key, written) = match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
-        KeyPlan::Wait(wait) => return Ok(KeyLookup::CreationInFlight(wait)),
+        KeyPlan::Wait(wait) => return Ok(KeyOutcome::CreationInFlight(wait)),
         KeyPlan::Create => {
             let replaced = recorded.key.map(|k| k.name.as_str());
             let (key, written) = create(ctx, request, access, target, &key_name, replaced).await?;
@@ -132,7 +132,7 @@ pub(super) async fn ensure_key(
             )
         }
     };
-    Ok(KeyLookup::Found {
+    Ok(KeyOutcome::InUse {
         key: Box::new(key),
         request: Box::new(request),
         unrecorded,
@@ -208,7 +208,7 @@ async fn create(
     ctx: &Context,
     request: &IngestionKeyRequest,
     access: &Access<'_>,
-    target: &KeyTarget<'_>,
+    target: &KeySpec<'_>,
     key_name: &str,
     replaced: Option<&str>,
 ) -> Result<(ResourceKey, IngestionKeyRequest), ReconcileError> {

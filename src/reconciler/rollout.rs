@@ -39,7 +39,7 @@ pub(super) enum RolloutState {
 }
 
 /// One target as found in the cluster.
-enum Found {
+enum TargetState {
     Missing(String),
     Restarted,
     RollingOut,
@@ -81,9 +81,9 @@ pub(super) async fn drive(
     let mut rolling = 0usize;
     for target in &request.spec.restart_targets {
         match visit(ctx, &request, target, fingerprint).await? {
-            Found::Missing(why) => missing.push(why),
-            Found::Restarted | Found::RollingOut => rolling += 1,
-            Found::Done => {}
+            TargetState::Missing(why) => missing.push(why),
+            TargetState::Restarted | TargetState::RollingOut => rolling += 1,
+            TargetState::Done => {}
         }
     }
     if missing != rollout.missing_targets {
@@ -145,16 +145,16 @@ async fn visit(
     request: &IngestionKeyRequest,
     target: &RestartTarget,
     fingerprint: &str,
-) -> Result<Found, ReconcileError> {
+) -> Result<TargetState, ReconcileError> {
     let namespace = request.namespace().unwrap_or_default();
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &namespace, &resource(target.kind));
     let label = format!("{}/{}", target.kind, target.name);
     let object = match api.get_opt(&target.name).await {
         Ok(Some(object)) => object,
-        Ok(None) => return Ok(Found::Missing(format!("{label} does not exist"))),
+        Ok(None) => return Ok(TargetState::Missing(format!("{label} does not exist"))),
         Err(kube::Error::Api(status)) if status.code == 403 => {
-            return Ok(Found::Missing(format!(
+            return Ok(TargetState::Missing(format!(
                 "{label} cannot be read: {}",
                 status.message
             )));
@@ -173,9 +173,9 @@ async fn visit(
         .and_then(Value::as_str);
     if template_fingerprint == Some(fingerprint) {
         return Ok(if rolled_out(target.kind, &object) {
-            Found::Done
+            TargetState::Done
         } else {
-            Found::RollingOut
+            TargetState::RollingOut
         });
     }
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {
@@ -191,7 +191,7 @@ async fn visit(
     {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
-            return Ok(Found::Missing(format!(
+            return Ok(TargetState::Missing(format!(
                 "{label} cannot be restarted: {}",
                 status.message
             )));
@@ -209,7 +209,7 @@ async fn visit(
     ctx.events
         .publish(request, EventType::Normal, reason, note)
         .await;
-    Ok(Found::Restarted)
+    Ok(TargetState::Restarted)
 }
 
 /// Whether the workload finished rolling out its current pod template, as `kubectl rollout

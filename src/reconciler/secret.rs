@@ -26,7 +26,7 @@ pub(super) enum SecretOutcome {
 
 /// The request's Secret as it is now, after checking that it can be ours: run before any key is
 /// created, so that a conflict never mints a key that could not be used.
-pub(super) async fn target(
+pub(super) async fn read_ours(
     ctx: &Context,
     request: &IngestionKeyRequest,
 ) -> Result<Option<Secret>, ReconcileError> {
@@ -42,8 +42,8 @@ pub(super) async fn target(
     Ok(existing)
 }
 
-/// Writes the credential into the request's Secret, `existing` as returned by [`target`].
-pub(super) async fn sync(
+/// Writes the credential into the request's Secret, `existing` as returned by [`read_ours`].
+pub(super) async fn write(
     ctx: &Context,
     request: &IngestionKeyRequest,
     existing: Option<Secret>,
@@ -112,7 +112,7 @@ pub(super) async fn sync(
 }
 
 /// The Secret the request wrote before `spec.secret.name` changed, if it is still there and ours.
-pub(super) async fn previous(
+pub(super) async fn read_previous(
     ctx: &Context,
     request: &IngestionKeyRequest,
 ) -> Result<Option<Secret>, ReconcileError> {
@@ -139,7 +139,7 @@ pub(super) async fn previous(
 /// only, and only that very object), so that no stale Secret keeps a live key. A failure is
 /// reported and retried at the next sync, never fatal.
 pub(super) async fn delete_previous(ctx: &Context, request: &IngestionKeyRequest) {
-    let old = match previous(ctx, request).await {
+    let old = match read_previous(ctx, request).await {
         Ok(Some(old)) => old,
         Ok(None) => return,
         Err(error) => {

@@ -22,7 +22,7 @@ use crate::secret::SimSecret;
 pub const DEFAULT_RESOURCE_GROUP: &str = "0be5ad401ae913d8ff665d92680664ed";
 const DEFAULT_REGION: &str = "us-south";
 const DEFAULT_SERVICE: &str = "logdna";
-/// IBM's rule for resource key names: at most 180 characters (reference §2.5).
+/// IBM's rule for resource key names: at most 180 characters.
 const MAX_KEY_NAME_CHARS: usize = 180;
 
 /// A response before HTTP: status, optional JSON body, optional extra headers.
@@ -43,7 +43,8 @@ impl Reply {
         Self { status, body: None }
     }
 
-    /// Resource Controller error body (`ErrorReport`, reference §2.7).
+    /// Resource Controller error body (`ErrorReport`: `error_code`, `message`, `status_code`,
+    /// `transaction_id`).
     pub fn rc_error(status: u16, code: &str, message: impl Into<String>, txn: &str) -> Self {
         Self::json(
             status,
@@ -51,7 +52,7 @@ impl Reply {
         )
     }
 
-    /// IAM token endpoint error body (reference §1.3).
+    /// IAM token endpoint error body (`errorCode`, `errorMessage`, `context`).
     pub fn iam_error(status: u16, code: &str, message: &str, txn: &str, now: u64) -> Self {
         Self::json(
             status,
