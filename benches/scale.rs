@@ -12,10 +12,8 @@
 //! `IKO_BENCH_REFRESH_SECONDS` (default 120) the refresh window, `IKO_BENCH_OUT` a file for the
 //! markdown table (`make bench` writes docs/performance.md).
 
-#[path = "../tests/fixtures/mod.rs"]
-mod fixtures;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use test_support as support;
+use test_support::env as fixtures;
 
 use std::{
     collections::{BTreeMap, HashSet},

@@ -11,21 +11,9 @@
 //! cargo build && cargo run --example demo [-- --once]
 //! ```
 
-// The test harness is shared with the tests. Cargo defines CARGO_BIN_EXE_* only for tests (and not
-// for examples), and the harness names the operator binary with it in a helper the demo does not
-// use: answer that one lookup here, pass every other to the real `env!`.
-macro_rules! env {
-    ("CARGO_BIN_EXE_ingestion-key-operator") => {
-        "ingestion-key-operator"
-    };
-    ($name:literal) => {
-        std::env!($name)
-    };
-}
-
-#[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
-mod support;
+// The harness is the tests' own (crates/test-support); it finds the operator binary next to this
+// example in target/, so `cargo build` first.
+use test_support as support;
 
 use std::{
     net::{SocketAddr, TcpListener},

@@ -2,7 +2,7 @@
 //! watch: an apiserver built with the unfixed reflect2 dies here), owner-reference garbage
 //! collection, namespace deletion, and no servers left behind when the test run is killed.
 
-mod support;
+use test_support as support;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

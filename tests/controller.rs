@@ -1,8 +1,8 @@
 //! The controller end to end: the real operator binary against the real API server (harness) and
 //! the IBM Cloud simulator over HTTP. Each test has its own namespace, simulator and operator.
 
-mod fixtures;
-mod support;
+use test_support as support;
+use test_support::env as fixtures;
 
 use fixtures::*;
 use ibm_cloud_sim::Faults;

@@ -5,8 +5,8 @@
 //! rules` must accept the rendered rules, and every metric the rules and the dashboard query
 //! must be one the operator exposes.
 
-mod fixtures;
-mod support;
+use test_support as support;
+use test_support::env as fixtures;
 
 use std::{
     collections::BTreeSet,

@@ -1,8 +1,8 @@
 //! Production operations, end to end with the operator binary: two replicas with leader election
 //! (failover on SIGKILL and on SIGTERM), and one IBM Cloud rate budget under a low rate limit.
 
-mod fixtures;
-mod support;
+use test_support as support;
+use test_support::env as fixtures;
 
 use std::time::{Duration, Instant};
 

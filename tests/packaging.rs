@@ -3,8 +3,8 @@
 //! they grant, checked on the real API server of the harness by impersonating the operator's
 //! ServiceAccount. Finally the operator runs with nothing but that ServiceAccount's token.
 
-mod fixtures;
-mod support;
+use test_support as support;
+use test_support::env as fixtures;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -5,7 +5,7 @@
 //! IBM Cloud is reached through the `IbmApi` seam, wrapped where a test needs to break one step
 //! (a lost creation reply) or watch one (what the Secret held when a key was deleted).
 
-mod support;
+use test_support as support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

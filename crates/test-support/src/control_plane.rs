@@ -1,91 +1,27 @@
-//! Test harness: a real kube-apiserver + etcd (+ kube-controller-manager when present) on free
-//! loopback ports, started once per test binary.
-//!
-//! ```ignore
-//! mod support;
-//!
-//! #[tokio::test]
-//! async fn something() {
-//!     let cp = support::control_plane();
-//!     cp.install_crd(MyResource::crd()).await;
-//!     let ns = cp.namespace("something").await;
-//!     let client = cp.client().await;
-//!     // ... create objects in `ns`, then await conditions with `support::wait_for`.
-//! }
-//! ```
-//!
-//! Binaries come from `KUBEBUILDER_ASSETS` (the layout `setup-envtest` produces) when it holds an
-//! apiserver with the reflect2 fix, otherwise from `hack/envtest-assets.sh`, which builds and caches
-//! them. Every server is started through a small `sh` watchdog, in a process group of its own, that
-//! kills it (and a last one removes the temporary directory) as soon as the test process is gone,
-//! whether it returned, panicked, got Ctrl-C or was killed with SIGKILL: statics are never dropped,
-//! so nothing else would. `tests/control_plane.rs` checks this.
-#![allow(dead_code)]
-
-#[allow(dead_code)]
-pub mod workloads;
+//! etcd + kube-apiserver (+ kube-controller-manager) on loopback ports, started once per test
+//! binary.
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-/// A string the apiserver binary contains only when built with reflect2 >= 1.0.2. Kubernetes 1.20
-/// vendors reflect2 1.0.1, which crashes the apiserver on the first custom resource it serves when
-/// built with Go >= 1.18.
-pub const REFLECT2_MARK: &[u8] = b"modern-go/reflect2/go_above_118.go";
+use crate::assets::assets_dir;
+use crate::process::{
+    JANITOR, POLL, free_ports, process_alive, run, spawn_supervised, unique_suffix,
+    unique_temp_dir, wait_for, write,
+};
 
 /// How long the control plane may take to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Polling interval of [`wait_for`].
-const POLL: Duration = Duration::from_millis(100);
-
-/// Runs `"$@"` in the background with its output appended to `$2`, prints its pid, then polls the
-/// parent process (`$1`): once it is gone (or the child exited by itself), the child gets SIGTERM,
-/// then SIGKILL after 5 s, and is reaped.
-const WATCHDOG: &str = r#"
-alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
-trap '' INT HUP QUIT
-parent=$1; log=$2; shift 2
-"$@" >>"$log" 2>&1 </dev/null &
-child=$!
-echo "$child"
-exec >/dev/null 2>&1
-trap 'kill -KILL "$child"; exit 1' TERM
-while alive "$parent" && alive "$child"; do sleep 0.2; done
-kill -TERM "$child"
-i=0
-while [ "$i" -lt 50 ] && alive "$child"; do sleep 0.1; i=$((i+1)); done
-kill -KILL "$child"
-wait "$child"
-"#;
-
-/// Once the test process (`$1`) is gone and the servers (`$3...`) have exited (at most 15 s), removes
-/// the temporary directory `$2`.
-const JANITOR: &str = r#"
-alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
-trap '' INT HUP QUIT
-parent=$1; dir=$2; shift 2
-exec </dev/null >/dev/null 2>&1
-while alive "$parent"; do sleep 0.5; done
-for pid in "$@"; do
-  i=0
-  while [ "$i" -lt 150 ] && alive "$pid"; do sleep 0.1; i=$((i+1)); done
-done
-rm -rf "$dir"
-"#;
 
 /// The control plane of this test binary, started on first use.
 ///
@@ -467,7 +403,7 @@ current-context: envtest
 
     /// The operator binary with `KUBECONFIG` pointing at the admin kubeconfig.
     pub fn operator_command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingestion-key-operator"));
+        let mut cmd = Command::new(crate::operator_binary());
         cmd.env("KUBECONFIG", &self.kubeconfig);
         cmd
     }
@@ -554,169 +490,5 @@ current-context: envtest
             .await
             .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
         name
-    }
-}
-
-/// Starts `cmd` (program, arguments, environment) under a [`WATCHDOG`] that stops it as soon as
-/// this process is gone, whether it returned, panicked or was killed with SIGKILL, and returns the
-/// pid of the started program. Its output goes to `log`.
-pub fn spawn_supervised(name: &str, cmd: &Command, log: &Path) -> Result<u32, String> {
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
-        .arg(WATCHDOG)
-        .arg("watchdog")
-        .arg(std::process::id().to_string())
-        .arg(log)
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        // Out of this process group: a signal to the group (Ctrl-C, a CI timeout) ends this
-        // process, and the watchdog then cleans up after it.
-        .process_group(0);
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => sh.env(key, value),
-            None => sh.env_remove(key),
-        };
-    }
-    let mut child = sh
-        .spawn()
-        .map_err(|e| format!("starting {name} under sh: {e}"))?;
-    let mut line = String::new();
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| format!("{name}: no stdout pipe"))?;
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| format!("reading the pid of {name}: {e}"))?;
-    line.trim()
-        .parse()
-        .map_err(|_| format!("{name}: the watchdog printed {line:?}, not a pid"))
-}
-
-/// Polls `condition` every 100 ms until it holds; panics with `what` after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Whether `pid` runs (a zombie counts as gone).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-/// The binaries: `KUBEBUILDER_ASSETS` when it holds a fixed apiserver and etcd, otherwise whatever
-/// `hack/envtest-assets.sh` prints (it refuses unfixed binaries and builds and caches good ones).
-pub fn assets_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        if usable_assets(&dir) {
-            return Ok(dir);
-        }
-        eprintln!(
-            "KUBEBUILDER_ASSETS={} lacks etcd or a kube-apiserver with the reflect2 fix; \
-             falling back to hack/envtest-assets.sh",
-            dir.display()
-        );
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/envtest-assets.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("running {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} failed ({})", script.display(), out.status));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let dir = PathBuf::from(text.lines().last().unwrap_or("").trim());
-    if !usable_assets(&dir) {
-        return Err(format!(
-            "{} printed {:?}, which lacks usable binaries",
-            script.display(),
-            dir
-        ));
-    }
-    Ok(dir)
-}
-
-/// `dir` holds etcd and a kube-apiserver carrying the reflect2 fix.
-pub fn usable_assets(dir: &Path) -> bool {
-    dir.join("etcd").is_file()
-        && std::fs::read(dir.join("kube-apiserver"))
-            .is_ok_and(|bin| bin.windows(REFLECT2_MARK.len()).any(|w| w == REFLECT2_MARK))
-}
-
-fn free_ports<const N: usize>() -> Result<[u16; N], String> {
-    // Hold all listeners at once so the ports differ.
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("picking free ports: {e}"))?;
-    let mut ports = [0; N];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr().map_err(|e| e.to_string())?.port();
-    }
-    Ok(ports)
-}
-
-fn unique_suffix() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn unique_temp_dir() -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("iko-envtest-{}", unique_suffix()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
-fn write(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
-}
-
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
     }
 }
