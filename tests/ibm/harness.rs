@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 pub use std::time::{Duration, Instant};
 
-pub use ibm_cloud_sim::{Faults, Seed, SeedInstance, Simulator};
+pub use ibm_cloud_sim::{DEFAULT_RESOURCE_GROUP, Faults, Seed, SeedInstance, Simulator};
 pub use ingestion_key_operator::ibm::{
     ClientConfig, CreateKeyRequest, CredentialError, Endpoints, ErrorKind, IbmCloud, IbmError,
     InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey, SecretString,
@@ -170,10 +170,29 @@ impl Env {
             .await
     }
 
+    /// The instance `id` (a GUID or CRN), read with `api_key`.
+    pub async fn instance(&self, api_key: &str, id: &str) -> Result<ResourceInstance, IbmError> {
+        self.client.get_instance(&key(api_key), id).await
+    }
+
+    /// The key `id` (a GUID or CRN), read with `api_key`.
+    pub async fn read_key(&self, api_key: &str, id: &str) -> Result<ResourceKey, IbmError> {
+        self.client.get_key(&key(api_key), id).await
+    }
+
+    /// The Activity Tracker instance's keys, listed with `api_key`.
+    pub async fn keys(&self, api_key: &str) -> Result<Vec<ResourceKey>, IbmError> {
+        self.client.list_instance_keys(&key(api_key), AT_GUID).await
+    }
+
+    /// Deletes the key `guid` with `api_key`.
+    pub async fn delete(&self, api_key: &str, guid: &str) -> Result<KeyDeletion, IbmError> {
+        self.client.delete_key(&key(api_key), guid).await
+    }
+
     /// Reads the Activity Tracker instance with `api_key`, so its token is cached.
     pub async fn warm(&self, api_key: &str) {
-        self.client
-            .get_instance(&key(api_key), AT_GUID)
+        self.instance(api_key, AT_GUID)
             .await
             .expect("the seeded instance reads");
     }

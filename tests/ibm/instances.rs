@@ -44,6 +44,9 @@ async fn pagination_follows_absolute_next_url() {
     assert_eq!(env.sim.call_count(LIST), 4, "40 + 40 + 40 + 10");
 }
 
+/// Where an instance is: region, service, resource group.
+type Placement = (&'static str, &'static str, &'static str);
+
 #[tokio::test]
 async fn name_lookup_narrows_and_reports_ambiguity() {
     let env = env().await;
@@ -58,36 +61,53 @@ async fn name_lookup_narrows_and_reports_ambiguity() {
     };
     let both = find(InstanceQuery::by_name("shared-name")).await;
     assert_eq!(both.len(), 2, "ambiguous: the caller decides");
-    let by_region = find(InstanceQuery {
-        region: Some("us-south".into()),
-        ..InstanceQuery::by_name("shared-name")
-    })
-    .await;
-    assert_eq!(by_region.len(), 1);
-    assert_eq!(by_region[0].region_id.as_deref(), Some("us-south"));
-    assert_eq!(by_region[0].service_name(), Some("logdna"));
-    let by_service = find(InstanceQuery {
-        service_name: Some("logdnaat".into()),
-        ..InstanceQuery::by_name("shared-name")
-    })
-    .await;
-    assert_eq!(by_service.len(), 1);
-    assert_eq!(by_service[0].region_id.as_deref(), Some("eu-gb"));
-    let by_group = find(InstanceQuery {
-        resource_group_id: Some("rg-two".into()),
-        ..InstanceQuery::by_name("shared-name")
-    })
-    .await;
-    assert_eq!(by_group.len(), 1);
-    assert_eq!(by_group[0].resource_group_id.as_deref(), Some("rg-two"));
-    assert!(
-        find(InstanceQuery {
-            region: Some("eu-de".into()),
-            ..InstanceQuery::by_name("shared-name")
-        })
-        .await
-        .is_empty()
-    );
+    // (narrowed by, the one instance left: its region, service and group; or none)
+    let shared = || InstanceQuery::by_name("shared-name");
+    let narrowed: [(InstanceQuery, Option<Placement>); 4] = [
+        (
+            InstanceQuery {
+                region: Some("us-south".into()),
+                ..shared()
+            },
+            Some(("us-south", "logdna", DEFAULT_RESOURCE_GROUP)),
+        ),
+        (
+            InstanceQuery {
+                service_name: Some("logdnaat".into()),
+                ..shared()
+            },
+            Some(("eu-gb", "logdnaat", "rg-two")),
+        ),
+        (
+            InstanceQuery {
+                resource_group_id: Some("rg-two".into()),
+                ..shared()
+            },
+            Some(("eu-gb", "logdnaat", "rg-two")),
+        ),
+        (
+            InstanceQuery {
+                region: Some("eu-de".into()),
+                ..shared()
+            },
+            None,
+        ),
+    ];
+    for (query, expected) in narrowed {
+        let found = find(query.clone()).await;
+        let seen = found.iter().map(|i| {
+            (
+                i.region_id.as_deref().unwrap_or_default(),
+                i.service_name().unwrap_or_default(),
+                i.resource_group_id.as_deref().unwrap_or_default(),
+            )
+        });
+        assert_eq!(
+            seen.collect::<Vec<_>>(),
+            Vec::from_iter(expected),
+            "{query:?}"
+        );
+    }
     assert!(
         find(InstanceQuery::by_name("shared")).await.is_empty(),
         "names match exactly"
@@ -112,34 +132,21 @@ async fn name_lookup_narrows_and_reports_ambiguity() {
 #[tokio::test]
 async fn instance_by_guid_and_by_url_encoded_crn() {
     let env = env().await;
-    let by_guid = env
-        .client
-        .get_instance(&key(MANAGER), AT_GUID)
-        .await
-        .unwrap();
+    let by_guid = env.instance(MANAGER, AT_GUID).await.unwrap();
     assert_eq!(by_guid.name, "my-activity-tracker");
     assert_eq!(by_guid.service_name(), Some("logdnaat"));
     assert!(by_guid.crn.contains("a/acc-one"), "the CRN contains a '/'");
-    let by_crn = env
-        .client
-        .get_instance(&key(MANAGER), &by_guid.crn)
-        .await
-        .unwrap();
+    let by_crn = env.instance(MANAGER, &by_guid.crn).await.unwrap();
     assert_eq!(by_crn.guid, AT_GUID);
 
     let missing = env
-        .client
-        .get_instance(&key(MANAGER), "00000000-0000-0000-0000-000000000000")
+        .instance(MANAGER, "00000000-0000-0000-0000-000000000000")
         .await
         .unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound);
     assert_eq!(missing.status, Some(404));
     assert!(missing.transaction_id.is_some());
     assert!(!missing.is_transient());
-    let foreign = env
-        .client
-        .get_instance(&key(MANAGER), OTHER_GUID)
-        .await
-        .unwrap_err();
+    let foreign = env.instance(MANAGER, OTHER_GUID).await.unwrap_err();
     assert_eq!(foreign.kind(), ErrorKind::NotFound);
 }

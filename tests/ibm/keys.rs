@@ -6,12 +6,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn key_lifecycle_create_get_reset_delete() {
     let env = env().await;
-    let api_key = key(MANAGER);
-    let created = env
-        .client
-        .create_key(&api_key, &create_request("ns.request:uid-1", AT_GUID))
-        .await
-        .unwrap();
+    let created = env.create(MANAGER, "ns.request:uid-1").await.unwrap();
     assert_eq!(count(&env.client, CREATE, "201"), 1);
     assert!(created.is_active());
     assert_eq!(created.id, created.crn);
@@ -30,26 +25,14 @@ async fn key_lifecycle_create_get_reset_delete() {
             .ends_with("serviceRole:Manager")
     );
 
-    let listed = env
-        .client
-        .list_instance_keys(&api_key, AT_GUID)
-        .await
-        .unwrap();
+    let listed = env.keys(MANAGER).await.unwrap();
     assert_eq!(listed.iter().filter(|k| k.guid == created.guid).count(), 1);
     assert_eq!(
-        env.client
-            .get_key(&api_key, &created.guid)
-            .await
-            .unwrap()
-            .name,
+        env.read_key(MANAGER, &created.guid).await.unwrap().name,
         "ns.request:uid-1"
     );
     assert_eq!(
-        env.client
-            .get_key(&api_key, &created.crn)
-            .await
-            .unwrap()
-            .guid,
+        env.read_key(MANAGER, &created.crn).await.unwrap().guid,
         created.guid,
         "by URL-encoded CRN"
     );
@@ -57,44 +40,33 @@ async fn key_lifecycle_create_get_reset_delete() {
     // A reset in the "web UI" shows up in existing keys' credentials.
     let rotated = env.sim.reset_ingestion_key(AT_GUID).unwrap();
     assert_ne!(rotated.expose(), AT_INGESTION_KEY);
-    let reread = env.client.get_key(&api_key, &created.guid).await.unwrap();
+    let reread = env.read_key(MANAGER, &created.guid).await.unwrap();
     assert_eq!(
         reread.credentials.field("ingestion_key").unwrap().expose(),
         rotated.expose()
     );
 
     assert_eq!(
-        env.client
-            .delete_key(&api_key, &created.guid)
-            .await
-            .unwrap(),
+        env.delete(MANAGER, &created.guid).await.unwrap(),
         KeyDeletion::Deleted
     );
     assert_eq!(count(&env.client, DELETE, "204"), 1);
-    let removed = env.client.get_key(&api_key, &created.guid).await.unwrap();
+    let removed = env.read_key(MANAGER, &created.guid).await.unwrap();
     assert_eq!(removed.state, "removed");
     assert!(!removed.is_active());
-    let after = env
-        .client
-        .list_instance_keys(&api_key, AT_GUID)
-        .await
-        .unwrap();
+    let after = env.keys(MANAGER).await.unwrap();
     assert!(
         after.iter().all(|k| !k.is_active()),
         "removed keys are never reusable"
     );
 
     assert_eq!(
-        env.client
-            .delete_key(&api_key, &created.guid)
-            .await
-            .unwrap(),
+        env.delete(MANAGER, &created.guid).await.unwrap(),
         KeyDeletion::AlreadyGone
     );
     assert_eq!(count(&env.client, DELETE, "410"), 1);
     assert_eq!(
-        env.client
-            .delete_key(&api_key, "99999999-0000-0000-0000-000000000000")
+        env.delete(MANAGER, "99999999-0000-0000-0000-000000000000")
             .await
             .unwrap(),
         KeyDeletion::AlreadyGone
@@ -110,8 +82,7 @@ async fn key_lifecycle_create_get_reset_delete() {
     );
 
     let missing = env
-        .client
-        .get_key(&api_key, "99999999-0000-0000-0000-000000000000")
+        .read_key(MANAGER, "99999999-0000-0000-0000-000000000000")
         .await
         .unwrap_err();
     assert_eq!(missing.kind(), ErrorKind::NotFound);
@@ -139,11 +110,7 @@ async fn instance_keys_are_paged() {
     for i in 0..60 {
         env.create(MANAGER, &format!("key-{i}")).await.unwrap();
     }
-    let keys = env
-        .client
-        .list_instance_keys(&key(MANAGER), AT_GUID)
-        .await
-        .unwrap();
+    let keys = env.keys(MANAGER).await.unwrap();
     assert_eq!(keys.len(), 60);
     assert_eq!(
         env.sim
@@ -161,21 +128,13 @@ async fn low_role_callers_get_redacted_credentials() {
         created.credentials.field("ingestion_key").unwrap_err(),
         CredentialError::Redacted
     );
-    let again = env
-        .client
-        .get_key(&key(READER), &created.guid)
-        .await
-        .unwrap();
+    let again = env.read_key(READER, &created.guid).await.unwrap();
     assert_eq!(
         again.credentials.field("apikey").unwrap_err(),
         CredentialError::Redacted
     );
     // A Manager caller may read the same key.
-    let manager_view = env
-        .client
-        .get_key(&key(MANAGER), &created.guid)
-        .await
-        .unwrap();
+    let manager_view = env.read_key(MANAGER, &created.guid).await.unwrap();
     assert_eq!(
         manager_view
             .credentials

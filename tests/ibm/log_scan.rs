@@ -8,12 +8,7 @@ async fn secrets_never_appear_in_logs() {
     let env = env().await;
     // A scenario touching every path that handles a secret: exchange, credentials, redaction,
     // errors (including an unknown API key), retries and a re-exchange after 401.
-    let manager = key(MANAGER);
-    let created = env
-        .client
-        .create_key(&manager, &create_request("scan", AT_GUID))
-        .await
-        .unwrap();
+    let created = env.create(MANAGER, "scan").await.unwrap();
     let ingestion = created.credentials.field("ingestion_key").unwrap();
     let per_key_apikey = created.credentials.field("apikey").unwrap();
     tracing::info!(?created, ?ingestion, %per_key_apikey, credentials = ?created.credentials, "debug output of secrets");
@@ -43,11 +38,7 @@ async fn secrets_never_appear_in_logs() {
             ..Faults::default()
         },
     );
-    let err = env
-        .client
-        .list_instance_keys(&key(MANAGER_2), AT_GUID)
-        .await
-        .unwrap_err();
+    let err = env.keys(MANAGER_2).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ApiKeyRejected, "{err}");
     assert!(err.message.contains("<redacted>"), "{err}");
     tracing::error!(error = %err, ?err, "IAM refused");
@@ -61,10 +52,7 @@ async fn secrets_never_appear_in_logs() {
             ..Faults::default()
         },
     );
-    env.client
-        .list_instance_keys(&key(MANAGER_2), AT_GUID)
-        .await
-        .unwrap();
+    env.keys(MANAGER_2).await.unwrap();
     assert!(
         String::from_utf8_lossy(&logs().lock().unwrap())
             .contains("upstream rejected the request for apikey=<redacted>"),
@@ -79,19 +67,13 @@ async fn secrets_never_appear_in_logs() {
             ..Faults::default()
         },
     );
-    env.client.get_key(&manager, &created.guid).await.unwrap();
+    env.read_key(MANAGER, &created.guid).await.unwrap();
     env.sim.expire_tokens();
-    env.client
-        .list_instance_keys(&manager, AT_GUID)
-        .await
-        .unwrap();
+    env.keys(MANAGER).await.unwrap();
     env.sim.reset_ingestion_key(AT_GUID);
-    env.client.get_key(&manager, &created.crn).await.unwrap();
+    env.read_key(MANAGER, &created.crn).await.unwrap();
     assert_eq!(
-        env.client
-            .delete_key(&manager, &created.guid)
-            .await
-            .unwrap(),
+        env.delete(MANAGER, &created.guid).await.unwrap(),
         KeyDeletion::Deleted
     );
 

@@ -90,11 +90,7 @@ async fn a_long_rate_limit_pauses_every_call_with_that_api_key_until_the_time_na
     assert!(err.to_string().contains("asks to wait until"), "{err}");
 
     // The same API key: not even sent, whatever the endpoint.
-    let err = env
-        .client
-        .get_instance(&key(MANAGER), AT_GUID)
-        .await
-        .unwrap_err();
+    let err = env.instance(MANAGER, AT_GUID).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RateLimited);
     assert_eq!(err.retry_at, Some(retry_at));
     assert_eq!(env.sim.call_count(LIST), 1);

@@ -97,13 +97,8 @@ fn list_instances_mock_parses() {
     assert_eq!(list.resources.len(), 1);
     let i = &list.resources[0];
     assert_eq!(
-        (
-            i.id.as_str(),
-            i.guid.as_str(),
-            i.crn.as_str(),
-            i.name.as_str()
-        ),
-        ("ID", "GUID", "CRN", "Name")
+        [&i.id, &i.guid, &i.crn, &i.name],
+        ["ID", "GUID", "CRN", "Name"]
     );
     assert!(i.is_active());
     assert_eq!(i.region_id.as_deref(), Some("RegionID"));
@@ -123,13 +118,8 @@ fn list_instances_mock_parses() {
 fn create_key_mock_parses_and_is_redacted() {
     let key: ResourceKey = serde_json::from_str(CREATE_KEY_B).unwrap();
     assert_eq!(
-        (
-            key.id.as_str(),
-            key.guid.as_str(),
-            key.crn.as_str(),
-            key.name.as_str()
-        ),
-        ("ID", "GUID", "CRN", "Name")
+        [&key.id, &key.guid, &key.crn, &key.name],
+        ["ID", "GUID", "CRN", "Name"]
     );
     assert_eq!(key.state, "State");
     assert!(!key.is_active(), "only \"active\" keys are reusable");
@@ -260,15 +250,15 @@ fn iam_error_fixture_is_an_api_key_rejection() {
     assert!(!e.is_transient());
 }
 
+/// What the client makes of an error response with this body.
+fn error_of(action: &'static str, status: u16, headers: &HeaderMap, body: &str) -> IbmError {
+    IbmError::from_response_parts(action, status, headers, body.as_bytes())
+}
+
 #[test]
 fn resource_controller_error_bodies() {
     let mut headers = HeaderMap::new();
-    let broker = IbmError::from_response_parts(
-        "create resource key",
-        400,
-        &headers,
-        RC_BROKER_ERROR.as_bytes(),
-    );
+    let broker = error_of("create resource key", 400, &headers, RC_BROKER_ERROR);
     assert_eq!(broker.kind(), ErrorKind::BadRequest);
     assert_eq!(
         broker.code.as_deref(),
@@ -288,12 +278,7 @@ fn resource_controller_error_bodies() {
         "create resource key failed: HTTP 400 (bad request) RC-ServiceBrokerErrorResponse: Service Broker returned error status code 403 (transaction id 7e0090047662faf2670ae36ffbe02011)"
     );
 
-    let expired = IbmError::from_response_parts(
-        "get resource key",
-        401,
-        &headers,
-        RC_TOKEN_EXPIRED.as_bytes(),
-    );
+    let expired = error_of("get resource key", 401, &headers, RC_TOKEN_EXPIRED);
     assert_eq!(expired.kind(), ErrorKind::Unauthorized);
     assert_eq!(expired.code.as_deref(), Some("RC-IamErrorResponse"));
     assert_eq!(expired.message, "Token is expired");
@@ -304,33 +289,28 @@ fn resource_controller_error_bodies() {
 
     // The Transaction-Id header, present on every RC response, is preferred.
     headers.insert("Transaction-Id", "header-txn".parse().unwrap());
-    let with_header = IbmError::from_response_parts(
-        "get resource key",
-        401,
-        &headers,
-        RC_TOKEN_EXPIRED.as_bytes(),
-    );
+    let with_header = error_of("get resource key", 401, &headers, RC_TOKEN_EXPIRED);
     assert_eq!(with_header.transaction_id.as_deref(), Some("header-txn"));
 }
 
 #[test]
 fn identity_envelope_and_plain_text_bodies() {
-    let e = IbmError::from_response_parts(
+    let e = error_of(
         "list resource instances",
         401,
         &HeaderMap::new(),
-        IDENTITY_ENVELOPE.as_bytes(),
+        IDENTITY_ENVELOPE,
     );
     assert_eq!(e.code.as_deref(), Some("invalid_access_token"));
     assert_eq!(e.message, "The access token is invalid");
     assert_eq!(e.transaction_id.as_deref(), Some("trace-1234"));
 
     // go-sdk-core's non-JSON 403 test body.
-    let e = IbmError::from_response_parts(
+    let e = error_of(
         "list resource instances",
         403,
         &HeaderMap::new(),
-        b"Sorry you are forbidden",
+        "Sorry you are forbidden",
     );
     assert_eq!(e.kind(), ErrorKind::Forbidden);
     assert_eq!(e.code, None);
@@ -347,7 +327,7 @@ fn identity_envelope_and_plain_text_bodies() {
         (409, false),
         (410, false),
     ] {
-        let e = IbmError::from_response_parts("x", status, &HeaderMap::new(), b"");
+        let e = error_of("x", status, &HeaderMap::new(), "");
         assert_eq!(e.is_transient(), transient, "status {status}");
     }
 }

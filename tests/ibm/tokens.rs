@@ -81,11 +81,7 @@ async fn rejected_token_is_exchanged_again_exactly_once() {
     let env = env().await;
     env.warm(MANAGER).await;
     env.sim.expire_tokens(); // the server now answers 401 "Token is expired" to the cached token
-    let instance = env
-        .client
-        .get_instance(&key(MANAGER), AT_GUID)
-        .await
-        .unwrap();
+    let instance = env.instance(MANAGER, AT_GUID).await.unwrap();
     assert_eq!(instance.guid, AT_GUID);
     assert_eq!(env.sim.call_count(TOKEN), 2);
     assert_eq!(count(&env.client, GET_INSTANCE, "401"), 1);
@@ -93,11 +89,7 @@ async fn rejected_token_is_exchanged_again_exactly_once() {
 
     // A 401 that persists after the re-exchange is reported, not looped on.
     env.fail(GET_INSTANCE, 401, 10);
-    let err = env
-        .client
-        .get_instance(&key(MANAGER), AT_GUID)
-        .await
-        .unwrap_err();
+    let err = env.instance(MANAGER, AT_GUID).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unauthorized);
     assert_eq!(err.status, Some(401));
     assert!(!err.is_transient());

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use secret::SimSecret;
-pub use world::SimKey;
+pub use world::{DEFAULT_RESOURCE_GROUP, SimKey};
 
 /// Errors starting or controlling the simulator.
 #[derive(Debug, thiserror::Error)]
