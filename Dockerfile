@@ -29,15 +29,18 @@ RUN apk add --no-cache musl-dev ca-certificates \
 WORKDIR /src
 
 # Dependencies first, in their own layer: only the manifests and Cargo.lock refetch them. The
-# workspace member crates/ibm-cloud-sim (the test simulator, a dev-dependency only) and the bench
-# target must exist for cargo to load the workspace; neither is built into the image.
+# workspace members crates/ibm-cloud-sim (the test simulator) and crates/test-support (the test
+# harness), both dev-dependencies only, and the bench target must exist for cargo to load the
+# workspace; none is built into the image.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/ibm-cloud-sim/Cargo.toml crates/ibm-cloud-sim/
-RUN mkdir -p src benches crates/ibm-cloud-sim/src \
+COPY crates/test-support/Cargo.toml crates/test-support/
+RUN mkdir -p src benches crates/ibm-cloud-sim/src crates/test-support/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs && echo 'fn main() {}' > benches/scale.rs \
  && echo 'fn main() {}' > crates/ibm-cloud-sim/src/main.rs && touch crates/ibm-cloud-sim/src/lib.rs \
+ && touch crates/test-support/src/lib.rs \
  && cargo fetch --locked --target x86_64-unknown-linux-musl \
- && rm -rf src crates/ibm-cloud-sim/src
+ && rm -rf src crates/ibm-cloud-sim/src crates/test-support/src
 
 COPY src ./src
 COPY crates ./crates

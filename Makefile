@@ -26,8 +26,8 @@ test: fmt-check lint crd-check unit-and-integration
 test-unit:
 	$(CARGO) test --workspace --lib --bins
 
-## Tiers 2 and 3: the in-process reconciler tests (tests/reconciler.rs) and everything else under
-## tests/ (IBM client over HTTP, the operator binary end to end, packaging, the demo).
+## The three integration binaries: tests/ibm (the client over HTTP), tests/cluster (the reconciler
+## in process and the operator binary on the control plane), tests/packaging (chart, image, demo).
 test-integration: unit-and-integration
 
 fmt:
@@ -98,11 +98,11 @@ chart-lint:
 	python3 hack/helm.py lint $(CHART) --values-json '{"watchNamespaces":["ibm-observe"],"ibmCloud":{"endpoints":"private"},"metrics":{"serviceMonitor":{"enabled":true}}}'
 	kubectl kustomize deploy/ >/dev/null
 
-## Regenerates deploy/ (kustomize) from the chart's defaults (tests/packaging.rs checks they agree).
+## Regenerates deploy/ (kustomize) from the chart's defaults (tests/packaging/deploy.rs checks they agree).
 deploy:
 	python3 hack/deploy-from-chart.py
 
-## Copies crds/ into the chart and deploy/ (byte-identical copies; tests/packaging.rs checks them).
+## Copies crds/ into the chart and deploy/ (byte-identical copies; tests/packaging/chart.rs checks them).
 crd-copies:
 	cp $(CRD_FILE) $(CHART)/crds/ && cp $(CRD_FILE) deploy/crds/
 

@@ -27,7 +27,7 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 IMAGE_NAME=${IMAGE_NAME:-ingestion-key-operator:$VERSION}
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # The compiler flags of the image build. The Dockerfile sets the same (RUSTFLAGS there, with its
-# own source paths); tests/image.rs checks that both agree.
+# own source paths); tests/packaging/dockerfile.rs checks that both agree.
 RUSTFLAGS_IMAGE="-C target-feature=+crt-static --remap-path-prefix=$ROOT=. --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=cargo"
 
 # --- Prerequisites: buildah and the CA bundle (Debian packages), installed when missing. ---

@@ -3,7 +3,7 @@
 
 Renders charts/ingestion-key-operator for a release and namespace named ingestion-key-operator
 with the real Helm engine (hack/helm.py), drops Helm's own labels, and writes one file per
-template into deploy/. tests/packaging.rs checks that deploy/ and the chart stay equivalent.
+template into deploy/. tests/packaging/deploy.rs checks that deploy/ and the chart stay equivalent.
 """
 
 import subprocess
@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = (
     "# Generated from the Helm chart's defaults (charts/ingestion-key-operator, release and namespace\n"
-    "# ingestion-key-operator) without Helm's own labels by `make deploy`; tests/packaging.rs checks\n"
-    "# they stay equivalent.\n"
+    "# ingestion-key-operator) without Helm's own labels by `make deploy`;\n"
+    "# tests/packaging/deploy.rs checks they stay equivalent.\n"
 )
 HELM_ONLY = ("helm.sh/chart:", "app.kubernetes.io/managed-by: Helm")
 

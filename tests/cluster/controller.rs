@@ -463,7 +463,7 @@ async fn deletion_follows_the_policy() {
 
 #[tokio::test]
 async fn drift_is_repaired_at_once() {
-    // (A key reset in IBM Cloud reaching the Secret at the next refresh: tests/reconciler.rs.)
+    // (A key reset in IBM Cloud reaching the Secret at the next refresh: keys.rs.)
     let env = Env::new("drift").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
     env.create_request("drift", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}})).await;

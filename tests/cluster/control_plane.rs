@@ -298,7 +298,7 @@ fn killing_the_test_run_leaves_no_servers() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "hold_control_plane_until_killed",
+            "control_plane::hold_control_plane_until_killed",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -1,0 +1,437 @@
+//! The in-process harness: the reconcile logic called directly, in the test process, against the
+//! shared API server and the IBM Cloud simulator over HTTP. One behaviour per test, each in a few
+//! seconds: a logic bug fails by name rather than as an end-to-end timeout.
+//!
+//! IBM Cloud is reached through the `IbmApi` seam, wrapped where a test needs to break one step
+//! (a lost creation reply) or watch one (what the Secret held when a key was deleted).
+
+pub use test_support as support;
+
+pub use std::sync::{Arc, Mutex};
+
+pub use std::time::Duration;
+
+pub use futures::future::BoxFuture;
+
+pub use ibm_cloud_sim::{Seed, Simulator};
+
+pub use ingestion_key_operator::{
+    crd::{IngestionKeyRequest, reason},
+    ibm::{
+        ClientConfig, CreateKeyRequest, Endpoints, ErrorKind, IbmApi, IbmCloud, IbmError,
+        InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey,
+    },
+    metrics::Metrics,
+    reconciler::{Context, ReconcileError, Settings, reconcile},
+    redact::SecretString,
+};
+
+pub use k8s_openapi::{ByteString, api::core::v1::Secret};
+
+pub use kube::{
+    Api, Client, CustomResourceExt, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+
+pub use support::workloads::{agent_daemonset, complete_rollout, template_fingerprint};
+
+pub const MANAGER_KEY: &str = "test-apikey-manager-7f3a9c";
+
+pub const AT_GUID: &str = "8d7af921-b136-4078-9666-081bd8470d94";
+
+pub const LA_GUID: &str = "5e0e7c3a-6c34-4f57-9a55-2f6a1e1b0c11";
+
+pub const SEED: &str = r#"
+accounts:
+  - id: 4329073d16d2f3663f74bfa955259139
+    api_keys:
+      - { key: test-apikey-manager-7f3a9c, platform_role: Editor, service_role: Manager }
+    instances:
+      - { name: my-activity-tracker, guid: 8d7af921-b136-4078-9666-081bd8470d94, service: logdnaat, region: us-south }
+      - { name: my-log-analysis, guid: 5e0e7c3a-6c34-4f57-9a55-2f6a1e1b0c11, service: logdna, region: eu-de }
+      - { name: my-cloud-logs, guid: 3c1b9f0e-7d2a-4e5b-8c6d-9e0f1a2b3c4d, service: logs, region: us-south }
+      - { name: my-onetime-at, guid: 6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d, service: logdnaat, region: us-south, onetime_credentials: true }
+"#;
+
+pub const LOGS_GUID: &str = "3c1b9f0e-7d2a-4e5b-8c6d-9e0f1a2b3c4d";
+
+pub const ONETIME_GUID: &str = "6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d";
+
+/// Endpoint templates of the simulator's call counters.
+pub const CREATE: &str = "POST /v2/resource_keys";
+
+pub const FIND_BY_NAME: &str = "GET /v2/resource_keys";
+
+pub const GET_KEY: &str = "GET /v2/resource_keys/{id}";
+
+/// What a test may break or watch in the IBM Cloud calls.
+#[derive(Default)]
+pub struct Hooks {
+    /// The next creation reaches IBM Cloud but its reply is lost (a timeout).
+    pub lose_next_create_reply: bool,
+    /// For each deletion: the credential value the agents' Secret held at that moment.
+    pub secret_at_delete: Vec<Option<String>>,
+}
+
+/// The real client, with [`Hooks`].
+pub struct Wrapped {
+    pub inner: IbmCloud,
+    pub hooks: Arc<Mutex<Hooks>>,
+    pub secrets: Api<Secret>,
+}
+
+impl IbmApi for Wrapped {
+    fn find_instances_by_name<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        query: &'a InstanceQuery,
+    ) -> BoxFuture<'a, Result<Vec<ResourceInstance>, IbmError>> {
+        Box::pin(self.inner.find_instances_by_name(api_key, query))
+    }
+
+    fn get_instance<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<ResourceInstance, IbmError>> {
+        Box::pin(self.inner.get_instance(api_key, id))
+    }
+
+    fn find_keys_by_name<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        instance_guid: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ResourceKey>, IbmError>> {
+        Box::pin(self.inner.find_keys_by_name(api_key, instance_guid, name))
+    }
+
+    fn create_key<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        request: &'a CreateKeyRequest,
+    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>> {
+        Box::pin(async move {
+            let result = self.inner.create_key(api_key, request).await;
+            let lose = std::mem::take(&mut self.hooks.lock().unwrap().lose_next_create_reply);
+            if lose && result.is_ok() {
+                return Err(IbmError::new(
+                    "create resource key",
+                    ErrorKind::Timeout,
+                    "reply lost (test)",
+                ));
+            }
+            result
+        })
+    }
+
+    fn get_key<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>> {
+        Box::pin(self.inner.get_key(api_key, id))
+    }
+
+    fn delete_key<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<KeyDeletion, IbmError>> {
+        Box::pin(async move {
+            let held = self
+                .secrets
+                .get_opt("logdna-agent-key")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| secret_value(&s));
+            self.hooks.lock().unwrap().secret_at_delete.push(held);
+            self.inner.delete_key(api_key, id).await
+        })
+    }
+}
+
+pub struct Harness {
+    pub client: Client,
+    pub ns: String,
+    pub sim: Simulator,
+    pub ibm: IbmCloud,
+    pub hooks: Arc<Mutex<Hooks>>,
+    pub ctx: Arc<Context>,
+}
+
+impl Harness {
+    pub async fn new(prefix: &str) -> Harness {
+        Self::with_grace(prefix, Duration::from_secs(60)).await
+    }
+
+    pub async fn with_grace(prefix: &str, key_creation_grace: Duration) -> Harness {
+        Self::with_settings(prefix, |s| s.key_creation_grace = key_creation_grace).await
+    }
+
+    pub async fn with_settings(prefix: &str, adjust: impl FnOnce(&mut Settings)) -> Harness {
+        let cp = support::control_plane();
+        cp.install_crd(IngestionKeyRequest::crd()).await;
+        let ns = cp.namespace(prefix).await;
+        let client = cp.client().await;
+        let seed = Seed::from_yaml(SEED).expect("seed");
+        let sim = Simulator::start("127.0.0.1:0".parse().unwrap(), seed)
+            .await
+            .expect("simulator");
+        let endpoints = Endpoints::new(&sim.base_url(), &sim.base_url()).unwrap();
+        let ibm = IbmCloud::new(endpoints, ClientConfig::default()).unwrap();
+        let hooks = Arc::new(Mutex::new(Hooks::default()));
+        let mut settings = Settings {
+            namespaces: vec![ns.clone()],
+            ..Settings::default()
+        };
+        adjust(&mut settings);
+        let wrapped = Wrapped {
+            inner: ibm.clone(),
+            hooks: hooks.clone(),
+            secrets: Api::namespaced(client.clone(), &ns),
+        };
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            wrapped,
+            Arc::new(Metrics::default()),
+            settings,
+        ));
+        let h = Harness {
+            client,
+            ns,
+            sim,
+            ibm,
+            hooks,
+            ctx,
+        };
+        h.api_key_secret().await;
+        h
+    }
+
+    /// A context with no memory of earlier reconciles (as after a restart of the operator).
+    pub fn restart(&mut self) {
+        let settings = self.ctx.settings.clone();
+        let wrapped = Wrapped {
+            inner: self.ibm.clone(),
+            hooks: self.hooks.clone(),
+            secrets: Api::namespaced(self.client.clone(), &self.ns),
+        };
+        self.ctx = Arc::new(Context::new(
+            self.client.clone(),
+            wrapped,
+            Arc::new(Metrics::default()),
+            settings,
+        ));
+    }
+
+    pub fn requests(&self) -> Api<IngestionKeyRequest> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn api_key_secret(&self) {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ibmcloud-api-key"},
+            "stringData": {"apikey": MANAGER_KEY},
+        }))
+        .unwrap();
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create API key Secret");
+    }
+
+    /// Creates a request and runs the first reconcile (which only adds the finalizer).
+    pub async fn create(&self, name: &str, spec: serde_json::Value) {
+        let request: IngestionKeyRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .expect("request JSON");
+        self.requests()
+            .create(&PostParams::default(), &request)
+            .await
+            .expect("create request");
+        self.reconcile(name).await.expect("finalizer added");
+    }
+
+    pub async fn reconcile(&self, name: &str) -> Result<Action, ReconcileError> {
+        let request = self.requests().get(name).await.expect("read request");
+        reconcile(Arc::new(request), self.ctx.clone()).await
+    }
+
+    pub async fn get(&self, name: &str) -> IngestionKeyRequest {
+        self.requests().get(name).await.expect("read request")
+    }
+
+    pub async fn secret_value(&self) -> Option<String> {
+        let secret = self.secrets().get_opt("logdna-agent-key").await.unwrap()?;
+        secret_value(&secret)
+    }
+
+    /// (guid, state) of the simulator's keys named `name`.
+    pub fn keys_named(&self, name: &str) -> Vec<(String, String)> {
+        self.sim
+            .keys()
+            .into_iter()
+            .filter(|k| k.name == name)
+            .map(|k| (k.guid, k.state))
+            .collect()
+    }
+
+    pub fn active_keys_named(&self, name: &str) -> usize {
+        self.keys_named(name)
+            .iter()
+            .filter(|(_, s)| s == "active")
+            .count()
+    }
+
+    pub async fn credential_of_field(&self, key_guid: &str, field: &str) -> String {
+        let key = self
+            .ibm
+            .get_key(&SecretString::new(MANAGER_KEY), key_guid)
+            .await
+            .expect("get key");
+        key.credentials
+            .field(field)
+            .expect("credential field")
+            .expose()
+            .to_owned()
+    }
+
+    pub async fn credential_of(&self, key_guid: &str) -> String {
+        let key = self
+            .ibm
+            .get_key(&SecretString::new(MANAGER_KEY), key_guid)
+            .await
+            .expect("get key");
+        key.credentials
+            .field("ingestion_key")
+            .expect("ingestion key")
+            .expose()
+            .to_owned()
+    }
+}
+
+pub fn secret_value(secret: &Secret) -> Option<String> {
+    let ByteString(bytes) = secret.data.as_ref()?.get("logdna-agent-key")?;
+    String::from_utf8(bytes.clone()).ok()
+}
+
+pub fn ready_reason(request: &IngestionKeyRequest) -> Option<String> {
+    Some(request.status.as_ref()?.ready()?.reason.clone())
+}
+
+pub fn key_name(request: &IngestionKeyRequest) -> String {
+    request
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_key.as_ref())
+        .map(|k| k.name.clone())
+        .expect("a key is recorded")
+}
+
+pub fn key_guid(request: &IngestionKeyRequest) -> String {
+    request
+        .status
+        .as_ref()
+        .and_then(|s| s.resource_key.as_ref())
+        .map(|k| k.guid.clone())
+        .expect("a key is recorded")
+}
+
+/// `spec` with replaced keys deleted as soon as their successor is in use.
+pub fn without_grace(mut spec: serde_json::Value) -> serde_json::Value {
+    spec["rotation"] = serde_json::json!({"gracePeriod": "0s"});
+    spec
+}
+
+pub fn spec_on(instance_guid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "instance": {"guid": instance_guid},
+        "apiKeySecretRef": {"name": "ibmcloud-api-key"},
+    })
+}
+
+pub async fn events(h: &Harness, reason: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), &h.ns);
+    api.list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+pub async fn move_to(h: &Harness, name: &str, instance_guid: &str) {
+    h.requests()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"instance": {"guid": instance_guid}}})),
+        )
+        .await
+        .unwrap();
+    h.reconcile(name).await.expect("move");
+    h.reconcile(name).await.expect("retire the old key");
+}
+
+pub async fn annotate_rotate(h: &Harness, name: &str, value: &str) {
+    h.requests()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"keysync.dev/rotate": value}}}),
+            ),
+        )
+        .await
+        .expect("annotate");
+}
+
+pub async fn patch_spec(h: &Harness, name: &str, spec: serde_json::Value) {
+    h.requests()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": spec })),
+        )
+        .await
+        .expect("patch spec");
+}
+
+pub fn status_of(
+    request: &IngestionKeyRequest,
+) -> ingestion_key_operator::crd::IngestionKeyRequestStatus {
+    request.status.clone().expect("a status")
+}
+
+pub fn state_of(h: &Harness, guid: &str) -> String {
+    h.sim
+        .keys()
+        .into_iter()
+        .find(|k| k.guid == guid)
+        .map(|k| k.state)
+        .expect("the key exists in the simulator")
+}
+
+/// A key on the Activity Tracker instance that someone else created (Terraform, the console).
+pub async fn someone_elses_key(h: &Harness, name: &str) -> ResourceKey {
+    let create = CreateKeyRequest {
+        name: name.into(),
+        source: AT_GUID.into(),
+        role: "Manager".into(),
+    };
+    h.ibm
+        .create_key(&SecretString::new(MANAGER_KEY), &create)
+        .await
+        .expect("someone else's key")
+}

@@ -1,0 +1,482 @@
+//! The Helm chart (linted and rendered by the real Helm engine through `hack/helm.py`) and the
+//! CRD copies: the RBAC it grants, cluster-wide or per namespace, checked on the real API server by
+//! impersonating the operator's ServiceAccount; its network policy; its install notes.
+
+use crate::harness::*;
+
+#[test]
+fn every_crd_copy_is_byte_identical_to_the_binary_output() {
+    let generated = ingestion_key_operator::cli::crd_yaml().expect("render the CRD");
+    for copy in [
+        PathBuf::from("crds"),
+        PathBuf::from(CHART).join("crds"),
+        PathBuf::from("deploy/crds"),
+    ] {
+        let path = root().join(&copy).join(CRD_FILE);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        assert!(
+            text == generated,
+            "{} differs from `ingestion-key-operator crd`: regenerate it with `make crds crd-copies`",
+            copy.join(CRD_FILE).display()
+        );
+    }
+    // The Helm engine loads it from the chart's crds/ as it is.
+    let from_helm = helm(&["crds", CHART]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(from_helm, generated, "the chart's CRD as Helm loads it");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chart.
+
+#[test]
+fn the_install_notes_warn_about_the_placeholder_image_and_name_the_agents_namespace() {
+    let defaults =
+        helm(&["notes", "charts/ingestion-key-operator"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        defaults.contains("WARNING: image.repository is still the chart's placeholder"),
+        "{defaults}"
+    );
+    assert!(
+        defaults.contains("kubectl create namespace ibm-observe"),
+        "{defaults}"
+    );
+    let values = json!({"image": {"repository": "registry.example.com/ingestion-key-operator"}});
+    let set = helm(&[
+        "notes",
+        "charts/ingestion-key-operator",
+        "--values-json",
+        &values.to_string(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!set.contains("WARNING"), "{set}");
+}
+
+#[tokio::test]
+async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide_least_privilege() {
+    let cp = support::control_plane();
+    install_crd(cp);
+    let ns = cp.namespace("chart-default").await;
+    let release = release_name("default");
+    lint(&json!({}));
+    let manifests = render(&release, &ns, &json!({}));
+    let objs = objects(&manifests);
+    let fullname = format!("{release}-ingestion-key-operator");
+    let mut found = kinds(&objs);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+        .iter()
+        .map(|k| format!(
+            "{k}/{}",
+            match *k {
+                "Service" => format!("{fullname}-metrics"),
+                "Role" | "RoleBinding" => format!("{fullname}-leader-election"),
+                _ => fullname.clone(),
+            }
+        ))
+        .collect::<Vec<_>>()
+    );
+    // Two replicas with leader election, rolled one at a time, kept through drains, spread.
+    let deployment = find(&objs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let args = deployment_args(&objs);
+    assert!(args.contains(&"--leader-elect".to_string()), "{args:?}");
+    assert!(
+        args.contains(&format!("--leader-election-namespace={ns}")),
+        "{args:?}"
+    );
+    assert_eq!(
+        find(&objs, "PodDisruptionBudget")["spec"]["minAvailable"],
+        1
+    );
+    assert!(
+        deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+            ["preferredDuringSchedulingIgnoredDuringExecution"]
+            .is_array()
+    );
+
+    // The Deployment: hardened, probed, bounded, public endpoints, every namespace.
+    let pod = &find(&objs, "Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["privileged"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][kind][resource].is_string(),
+                "resources.{kind}.{resource}"
+            );
+        }
+    }
+    assert_eq!(
+        container["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "admin"})
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "admin"})
+    );
+    assert_eq!(
+        container["ports"][0],
+        json!({"name": "admin", "containerPort": 8080, "protocol": "TCP"})
+    );
+    assert_eq!(container["image"], "ingestion-key-operator:0.1.0");
+    assert_eq!(
+        deployment_args(&objs),
+        [
+            "run".to_string(),
+            "--admin-addr=0.0.0.0:8080".into(),
+            "--log-format=json".into(),
+            "--leader-elect".into(),
+            format!("--leader-election-namespace={ns}"),
+        ]
+    );
+    assert_eq!(
+        deployment_env(&objs, "IBMCLOUD_IAM_ENDPOINT")["value"],
+        "https://iam.cloud.ibm.com"
+    );
+    assert_eq!(
+        deployment_env(&objs, "IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT")["value"],
+        "https://resource-controller.cloud.ibm.com"
+    );
+    assert_eq!(
+        deployment_env(&objs, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(pod["serviceAccountName"], fullname.as_str());
+    let service = find(&objs, "Service");
+    assert_eq!(service["spec"]["ports"][0]["name"], "http-metrics");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "admin");
+
+    // Applied for real; the API server accepts every object.
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--dry-run=server",
+            "--server-side",
+            "--field-manager=packaging-test",
+            "-f",
+            "-",
+        ],
+        Some(&for_the_test_server(&manifests)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    apply(cp, &manifests);
+    let other = cp.namespace("chart-default-other").await;
+    assert_operator_rights(
+        cp,
+        &format!("system:serviceaccount:{ns}:{fullname}"),
+        &other,
+        true,
+        RestartTargets::Granted,
+    );
+    // In its own namespace, the Lease rights on top (leader election).
+    let mut own = operator_rules(RestartTargets::Granted);
+    own.insert(
+        "leases.coordination.k8s.io".into(),
+        BTreeSet::from(["create".to_string(), "get".into(), "update".into()]),
+    );
+    assert_eq!(
+        rules_of(cp, &format!("system:serviceaccount:{ns}:{fullname}"), &ns),
+        own
+    );
+}
+
+#[tokio::test]
+async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
+    let cp = support::control_plane();
+    install_crd(cp);
+    // A stand-in for the Prometheus Operator's CRD, so that the ServiceMonitor can be applied.
+    apply_crd(cp, SERVICE_MONITOR_CRD);
+    wait_established(cp, "crd/servicemonitors.monitoring.coreos.com");
+    let ns = cp.namespace("chart-ns-operator").await;
+    let watched = [
+        cp.namespace("chart-ns-a").await,
+        cp.namespace("chart-ns-b").await,
+    ];
+    let unwatched = cp.namespace("chart-ns-other").await;
+    let release = release_name("scoped");
+    let values = json!({
+        "watchNamespaces": [watched[0], watched[1], watched[0]],
+        "ibmCloud": {"endpoints": "private"},
+        "logFormat": "text",
+        "logLevel": "debug",
+        "image": {"repository": "registry.example.com/team/ingestion-key-operator", "tag": "0.1.0-rc1"},
+        "resources": {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"cpu": "1", "memory": "64Mi"}},
+        "extraArgs": ["--concurrency=4"],
+        "metrics": {"serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prometheus"}}},
+        "serviceAccount": {"name": "key-operator", "annotations": {"example.com/owner": "platform"}},
+    });
+    lint(&values);
+    let manifests = render(&release, &ns, &values);
+    let objs = objects(&manifests);
+    let fullname = format!("{release}-ingestion-key-operator");
+
+    // No cluster-scoped rights at all: a Role and RoleBinding in each watched namespace.
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        assert!(
+            objs.iter().all(|o| o["kind"] != kind),
+            "{kind} rendered for given namespaces: {:?}",
+            kinds(&objs)
+        );
+    }
+    // The leader-election Role is in the release namespace, for its Lease only.
+    let lease_role = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == "Role" && o["metadata"]["name"] == format!("{fullname}-leader-election")
+        })
+        .expect("the leader-election Role");
+    assert_eq!(lease_role["metadata"]["namespace"], ns.as_str());
+    assert_eq!(
+        lease_role["rules"],
+        json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["ingestion-key-operator"], "verbs": ["get", "update"]},
+        ])
+    );
+    let is_lease_rbac = |o: &&Value| {
+        o["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-leader-election"))
+    };
+    for kind in ["Role", "RoleBinding"] {
+        let namespaces: BTreeSet<&str> = objs
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .filter(|o| !is_lease_rbac(o))
+            .map(|o| o["metadata"]["namespace"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            namespaces,
+            watched.iter().map(String::as_str).collect(),
+            "{kind}s"
+        );
+    }
+    assert_eq!(
+        deployment_args(&objs),
+        [
+            "run".to_string(),
+            "--admin-addr=0.0.0.0:8080".into(),
+            "--log-format=text".into(),
+            "--leader-elect".into(),
+            format!("--leader-election-namespace={ns}"),
+            format!("--namespace={}", watched[0]),
+            format!("--namespace={}", watched[1]),
+            "--concurrency=4".into(),
+        ]
+    );
+    assert_eq!(
+        deployment_env(&objs, "IBMCLOUD_IAM_ENDPOINT")["value"],
+        "https://private.iam.cloud.ibm.com"
+    );
+    assert_eq!(
+        deployment_env(&objs, "IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT")["value"],
+        "https://private.resource-controller.cloud.ibm.com"
+    );
+    assert_eq!(deployment_env(&objs, "RUST_LOG")["value"], "debug");
+    let container = &find(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        "registry.example.com/team/ingestion-key-operator:0.1.0-rc1"
+    );
+    assert_eq!(container["resources"]["limits"]["memory"], "64Mi");
+    let monitor = find(&objs, "ServiceMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(
+        find(&objs, "ServiceAccount")["metadata"]["name"],
+        "key-operator"
+    );
+
+    apply(cp, &manifests);
+    let sa = format!("system:serviceaccount:{ns}:key-operator");
+    for watched in &watched {
+        assert_operator_rights(cp, &sa, watched, false, RestartTargets::Granted);
+    }
+    assert_eq!(
+        rules_of(cp, &sa, &unwatched),
+        BTreeMap::new(),
+        "rights in a namespace that is not watched"
+    );
+    assert_eq!(
+        rules_of(cp, &sa, &ns),
+        BTreeMap::from([(
+            "leases.coordination.k8s.io".to_string(),
+            BTreeSet::from(["create".to_string(), "get".into(), "update".into()]),
+        )]),
+        "rights in the operator's own namespace: its Lease only"
+    );
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("delete", "secrets"),
+        ("list", "ingestionkeyrequests.keysync.dev"),
+        ("create", "events.events.k8s.io"),
+        ("get", "daemonsets.apps"),
+        ("patch", "daemonsets.apps"),
+        ("patch", "deployments.apps"),
+        ("patch", "statefulsets.apps"),
+    ] {
+        assert!(
+            !can_i(cp, &sa, verb, resource, Some(&unwatched)),
+            "{verb} {resource} in {unwatched}"
+        );
+    }
+    assert!(
+        objs.iter()
+            .all(|o| o["metadata"]["name"] != fullname.as_str() || o["kind"] != "ClusterRole")
+    );
+
+    // A bad endpoint choice is refused at render time.
+    let error = helm(&[
+        "render",
+        CHART,
+        "--values-json",
+        r#"{"ibmCloud":{"endpoints":"intranet"}}"#,
+    ])
+    .unwrap_err();
+    assert!(
+        error.contains("ibmCloud.endpoints must be public or private"),
+        "{error}"
+    );
+}
+
+/// `rbac.restartTargets=false`: no rights on DaemonSets, Deployments or StatefulSets, neither
+/// cluster-wide nor in watched namespaces; everything else as with the defaults.
+#[tokio::test]
+async fn chart_without_restart_target_rights_grants_nothing_on_workloads() {
+    let cp = support::control_plane();
+    install_crd(cp);
+    let off = json!({"restartTargets": false});
+
+    // Cluster-wide.
+    let ns = cp.namespace("chart-norestart").await;
+    let other = cp.namespace("chart-norestart-other").await;
+    let release = release_name("norestart");
+    let values = json!({"rbac": off});
+    lint(&values);
+    let manifests = render(&release, &ns, &values);
+    let role = find(&objects(&manifests), "ClusterRole").clone();
+    assert!(
+        role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .all(|r| r["apiGroups"] != json!(["apps"])),
+        "no apps rule: {role}"
+    );
+    apply(cp, &manifests);
+    let fullname = format!("{release}-ingestion-key-operator");
+    let sa = format!("system:serviceaccount:{ns}:{fullname}");
+    assert_operator_rights(cp, &sa, &other, true, RestartTargets::NotGranted);
+
+    // Given namespaces.
+    let operator_ns = cp.namespace("chart-norestart-scoped").await;
+    let watched = cp.namespace("chart-norestart-watched").await;
+    let release = release_name("norestart-scoped");
+    let values = json!({"watchNamespaces": [watched], "rbac": off});
+    lint(&values);
+    apply(cp, &render(&release, &operator_ns, &values));
+    let sa = format!("system:serviceaccount:{operator_ns}:{release}-ingestion-key-operator");
+    assert_operator_rights(cp, &sa, &watched, false, RestartTargets::NotGranted);
+}
+
+#[tokio::test]
+async fn chart_network_policy_admits_only_the_named_scrapers_and_egress_to_dns_api_and_https() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("chart-netpol").await;
+    let release = release_name("netpol");
+    let prometheus = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    });
+    let values = json!({"networkPolicy": {
+        "enabled": true,
+        "metrics": {"from": [prometheus]},
+        "apiServer": {"cidrs": ["10.0.0.1/32"]},
+        "https": {"cidrs": ["0.0.0.0/0"]},
+    }});
+    lint(&values);
+    let manifests = render(&release, &ns, &values);
+    let objs = objects(&manifests);
+    let policy = find(&objs, "NetworkPolicy");
+    let deployment = find(&objs, "Deployment");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"],
+        "the policy selects the operator's pods"
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{"from": [prometheus], "ports": [{"port": 8080, "protocol": "TCP"}]}]),
+        "ingress: the admin port, from Prometheus only"
+    );
+    let egress = policy["spec"]["egress"].as_array().expect("egress rules");
+    assert_eq!(egress.len(), 3, "{egress:?}");
+    assert_eq!(
+        egress[0]["ports"],
+        json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        egress[0]["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+    assert_eq!(
+        egress[1],
+        json!({"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
+               "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}),
+        "the API server"
+    );
+    assert_eq!(
+        egress[2],
+        json!({"ports": [{"port": 443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
+        "HTTPS: IBM Cloud"
+    );
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--dry-run=server",
+            "--server-side",
+            "--field-manager=packaging-test",
+            "-f",
+            "-",
+        ],
+        Some(&for_the_test_server(&manifests)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Nobody named: no ingress at all.
+    let closed = objects(&render(
+        &release,
+        &ns,
+        &json!({"networkPolicy": {"enabled": true}}),
+    ));
+    assert_eq!(find(&closed, "NetworkPolicy")["spec"]["ingress"], json!([]));
+}

@@ -1,0 +1,571 @@
+//! What the packaging tests share: the repository's paths, the Helm engine (`hack/helm.py`, PyPI
+//! helm-python-sdk, installed on first use), kubectl against the test server, and the RBAC checks
+//! that impersonate the operator's ServiceAccount.
+
+pub use test_support as support;
+
+pub use test_support::env as fixtures;
+
+pub use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+pub use serde_json::{Value, json};
+
+pub use support::ControlPlane;
+
+pub const CRD_FILE: &str = "ingestionkeyrequests.keysync.dev.yaml";
+
+pub const CHART: &str = "charts/ingestion-key-operator";
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: Helm engine, YAML, kubectl.
+
+/// Runs `hack/helm.py ARGS`; the first call installs helm-python-sdk when it is missing.
+pub fn helm(args: &[&str]) -> Result<String, String> {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    READY
+        .get_or_init(|| run_python(&["install-only"]).map(|out| eprintln!("{}", out.trim())))
+        .clone()
+        .unwrap_or_else(|e| panic!("the Helm engine (helm-python-sdk) is not available: {e}"));
+    run_python(args)
+}
+
+pub fn run_python(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("python3")
+        .arg(root().join("hack/helm.py"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running python3 hack/helm.py: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "hack/helm.py {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+pub fn lint(values: &Value) {
+    let report = helm(&["lint", CHART, "--values-json", &values.to_string()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.contains("1 chart(s) linted, 0 error(s)"), "{report}");
+}
+
+pub fn render(name: &str, namespace: &str, values: &Value) -> String {
+    helm(&[
+        "render",
+        CHART,
+        "--name",
+        name,
+        "--namespace",
+        namespace,
+        "--values-json",
+        &values.to_string(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The objects of a YAML stream (empty documents dropped).
+pub fn objects(yaml: &str) -> Vec<Value> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("parsing YAML: {e}\n{yaml}"));
+    docs.into_iter().filter(|d| d.is_object()).collect()
+}
+
+pub fn kinds(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+pub fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {:?}", kinds(objects)))
+}
+
+pub fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut cmd = cp.kubectl();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().map_err(|e| format!("running kubectl: {e}"))?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "kubectl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Drops what the 1.20 test server cannot serve: `policy/v1` PodDisruptionBudgets (1.21+; the
+/// schemas of 1.27-1.33 check them, in tests/schemas.rs).
+pub fn for_the_test_server(manifests: &str) -> String {
+    manifests
+        .split("\n---")
+        .filter(|doc| !doc.contains("kind: PodDisruptionBudget"))
+        .collect::<Vec<_>>()
+        .join("\n---")
+}
+
+pub fn apply(cp: &ControlPlane, manifests: &str) {
+    let manifests = for_the_test_server(manifests);
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=packaging-test",
+            "-f",
+            "-",
+        ],
+        Some(&manifests),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Client-side apply without schema validation: API servers older than 1.25 (the harness runs
+/// 1.20) know no x-kubernetes-validations; they drop them, but a server-side apply is refused.
+pub fn apply_crd(cp: &ControlPlane, crd: &str) {
+    kubectl(cp, &["apply", "--validate=false", "-f", "-"], Some(crd))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Waits until the CRD `crd/<name>` is Established.
+pub fn wait_established(cp: &ControlPlane, crd: &str) {
+    kubectl(
+        cp,
+        &["wait", "--for=condition=Established", "--timeout=60s", crd],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Installs the CRD from `crds/`, once per test binary (concurrent client-side creates collide).
+pub fn install_crd(cp: &ControlPlane) {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        apply_crd(
+            cp,
+            &std::fs::read_to_string(root().join("crds").join(CRD_FILE)).expect("read the CRD"),
+        );
+        wait_established(cp, "crd/ingestionkeyrequests.keysync.dev");
+    });
+}
+
+/// `kubectl auth can-i VERB RESOURCE [-n NS | -A] --as=SA`.
+pub fn can_i(
+    cp: &ControlPlane,
+    sa: &str,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> bool {
+    let mut args = vec!["auth", "can-i", verb];
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s)),
+        None => (resource, None),
+    };
+    args.push(resource);
+    let sub;
+    if let Some(s) = subresource {
+        sub = format!("--subresource={s}");
+        args.push(&sub);
+    }
+    match namespace {
+        Some(ns) => args.extend(["-n", ns]),
+        None => args.push("--all-namespaces"),
+    }
+    let who = format!("--as={sa}");
+    args.push(&who);
+    let out = cp
+        .kubectl()
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl auth can-i");
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!(
+            "kubectl {args:?}: {answer} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Every resource rule of `sa` in `ns` (`kubectl auth can-i --list`), as resource -> verbs,
+/// without the self-review rules every authenticated user has.
+pub fn rules_of(cp: &ControlPlane, sa: &str, ns: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let out = kubectl(
+        cp,
+        &["auth", "can-i", "--list", "-n", ns, &format!("--as={sa}")],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut rules = BTreeMap::new();
+    for line in out.lines().skip(1) {
+        if line.starts_with(char::is_whitespace) || line.trim().is_empty() {
+            continue; // non-resource URLs
+        }
+        let resource = line.split_whitespace().next().unwrap().to_string();
+        if resource.starts_with("selfsubject") {
+            continue;
+        }
+        let verbs = line
+            .rsplit_once('[')
+            .map(|(_, v)| v.trim_end_matches(']').trim())
+            .unwrap_or("");
+        let entry: &mut BTreeSet<String> = rules.entry(resource).or_default();
+        entry.extend(verbs.split_whitespace().map(str::to_string));
+    }
+    rules
+}
+
+/// Whether the chart grants the rights on restart targets (`rbac.restartTargets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartTargets {
+    /// `get` and `patch` on DaemonSets, Deployments and StatefulSets (the default).
+    Granted,
+    /// `rbac.restartTargets=false`: no rights on workloads at all.
+    NotGranted,
+}
+
+/// The workload kinds a request can restart, as `kubectl auth can-i` names them.
+pub const RESTART_KINDS: [&str; 3] = ["daemonsets.apps", "deployments.apps", "statefulsets.apps"];
+
+/// What the operator needs, exactly, in a namespace it watches.
+pub fn operator_rules(restart_targets: RestartTargets) -> BTreeMap<String, BTreeSet<String>> {
+    let set = |verbs: &[&str]| verbs.iter().map(|v| v.to_string()).collect::<BTreeSet<_>>();
+    let mut rules = BTreeMap::from([
+        (
+            "ingestionkeyrequests.keysync.dev".to_string(),
+            set(&["get", "list", "watch", "patch"]),
+        ),
+        (
+            "ingestionkeyrequests.keysync.dev/status".to_string(),
+            set(&["get", "patch"]),
+        ),
+        (
+            "secrets".to_string(),
+            set(&["get", "list", "watch", "create", "patch", "delete"]),
+        ),
+        (
+            "events.events.k8s.io".to_string(),
+            set(&["create", "patch"]),
+        ),
+    ]);
+    if restart_targets == RestartTargets::Granted {
+        for kind in RESTART_KINDS {
+            rules.insert(kind.to_string(), set(&["get", "patch"]));
+        }
+    }
+    rules
+}
+
+/// Checks what the operator may do in `ns` (everything it needs, nothing more); `cluster_wide`
+/// says whether it may also act across all namespaces, `restart_targets` whether the chart
+/// granted the rights on restart targets.
+pub fn assert_operator_rights(
+    cp: &ControlPlane,
+    sa: &str,
+    ns: &str,
+    cluster_wide: bool,
+    restart_targets: RestartTargets,
+) {
+    assert_eq!(
+        rules_of(cp, sa, ns),
+        operator_rules(restart_targets),
+        "the rules of {sa} in {ns}"
+    );
+    let mut allowed: Vec<(&str, &str)> = vec![
+        ("get", "ingestionkeyrequests.keysync.dev"),
+        ("list", "ingestionkeyrequests.keysync.dev"),
+        ("watch", "ingestionkeyrequests.keysync.dev"),
+        ("patch", "ingestionkeyrequests.keysync.dev"),
+        ("patch", "ingestionkeyrequests.keysync.dev/status"),
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("watch", "secrets"),
+        ("create", "secrets"),
+        ("patch", "secrets"),
+        // Its own old Secret after spec.secret.name changed (uid precondition).
+        ("delete", "secrets"),
+        ("create", "events.events.k8s.io"),
+        ("patch", "events.events.k8s.io"),
+    ];
+    let mut forbidden: Vec<(&str, &str)> = vec![
+        ("deletecollection", "secrets"),
+        ("update", "secrets"),
+        ("create", "ingestionkeyrequests.keysync.dev"),
+        ("update", "ingestionkeyrequests.keysync.dev"),
+        ("update", "ingestionkeyrequests.keysync.dev/status"),
+        ("delete", "ingestionkeyrequests.keysync.dev"),
+        ("get", "configmaps"),
+        ("list", "pods"),
+        ("create", "pods"),
+        ("create", "events"),
+        ("list", "events.events.k8s.io"),
+        ("create", "serviceaccounts/token"),
+        ("create", "rolebindings.rbac.authorization.k8s.io"),
+        ("escalate", "roles.rbac.authorization.k8s.io"),
+        ("impersonate", "serviceaccounts"),
+        ("*", "*"),
+        // delete on Secrets only: no other kind may be deleted.
+        ("delete", "configmaps"),
+        ("delete", "pods"),
+        ("delete", "serviceaccounts"),
+        ("delete", "events.events.k8s.io"),
+        ("delete", "replicasets.apps"),
+        ("delete", "roles.rbac.authorization.k8s.io"),
+        // Restart targets are read and annotated, never scaled, listed or rewritten; no other
+        // workload kind is touched.
+        ("patch", "replicasets.apps"),
+        ("patch", "pods"),
+        ("patch", "jobs.batch"),
+        ("patch", "cronjobs.batch"),
+        ("patch", "deployments.apps/scale"),
+        ("patch", "statefulsets.apps/scale"),
+        ("patch", "daemonsets.apps/status"),
+        ("patch", "deployments.apps/status"),
+        ("patch", "statefulsets.apps/status"),
+    ];
+    for kind in RESTART_KINDS {
+        for verb in [
+            "create",
+            "delete",
+            "deletecollection",
+            "update",
+            "list",
+            "watch",
+        ] {
+            forbidden.push((verb, kind));
+        }
+        match restart_targets {
+            RestartTargets::Granted => allowed.extend([("get", kind), ("patch", kind)]),
+            RestartTargets::NotGranted => forbidden.extend([("get", kind), ("patch", kind)]),
+        }
+    }
+    for (verb, resource) in allowed {
+        assert!(
+            can_i(cp, sa, verb, resource, Some(ns)),
+            "{sa} must be able to {verb} {resource} in {ns}"
+        );
+        assert_eq!(
+            can_i(cp, sa, verb, resource, None),
+            cluster_wide,
+            "{sa}: {verb} {resource} in all namespaces"
+        );
+    }
+    for (verb, resource) in forbidden {
+        assert!(
+            !can_i(cp, sa, verb, resource, Some(ns)),
+            "{sa} must not be able to {verb} {resource} in {ns}"
+        );
+        assert!(
+            !can_i(cp, sa, verb, resource, None),
+            "{sa} must not be able to {verb} {resource} in all namespaces"
+        );
+    }
+    // Cluster-scoped kinds: none at all.
+    for (verb, resource) in [
+        ("list", "namespaces"),
+        ("get", "nodes"),
+        ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ] {
+        assert!(
+            !can_i(cp, sa, verb, resource, None),
+            "{sa} must not be able to {verb} {resource}"
+        );
+    }
+}
+
+pub fn deployment_args(objects: &[Value]) -> Vec<String> {
+    let container = &find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect()
+}
+
+pub fn deployment_env(objects: &[Value], name: &str) -> Value {
+    let container = &find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// `value` with every whole float (`0.0`) written as an integer (`0`), so that documents that
+/// differ only in how a number is spelt compare equal.
+pub fn whole_numbers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => json!(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(whole_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, whole_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+pub fn release_name(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CRD.
+
+/// The token of the chart's ServiceAccount (in `objs`), from the Secret the 1.20 token controller
+/// makes for it.
+pub async fn service_account_token(cp: &ControlPlane, operator_ns: &str, objs: &[Value]) -> String {
+    let sa_name = find(objs, "ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .expect("ServiceAccount name")
+        .to_owned();
+
+    // The 1.20 token controller gives the ServiceAccount a token Secret.
+    let client = cp.client().await;
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), operator_ns);
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, operator_ns);
+    let token = std::sync::Mutex::new(String::new());
+    support::wait_for(
+        "the ServiceAccount's token",
+        Duration::from_secs(60),
+        || async {
+            let Ok(sa) = accounts.get(&sa_name).await else {
+                return false;
+            };
+            let Some(secret_name) = sa
+                .secrets
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|r| r.name)
+            else {
+                return false;
+            };
+            let Ok(secret) = secrets.get(&secret_name).await else {
+                return false;
+            };
+            match secret.data.and_then(|mut d| d.remove("token")) {
+                Some(bytes) => {
+                    *token.lock().unwrap() = String::from_utf8_lossy(&bytes.0).into_owned();
+                    true
+                }
+                None => false,
+            }
+        },
+    )
+    .await;
+    token.into_inner().unwrap()
+}
+
+pub const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// The Dockerfile's build context: everything cargo needs is copied.
+
+pub fn run_cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
+    // One build directory for every replay, kept between runs: the dependencies compile once,
+    // later runs rebuild only the replayed workspace's own crates.
+    let target = root().join("target/dockerfile-context");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cargo {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A fresh temporary directory, removed when the test process ends normally (its contents are
+/// small; a killed test leaves it in the system's temporary directory).
+pub fn tempdir(prefix: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "iko-{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    dir
+}
