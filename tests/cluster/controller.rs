@@ -13,6 +13,7 @@ use kube::{
 };
 use serde_json::json;
 use support::wait_for;
+use test_support::WAIT;
 
 /// A request for the instance named `instance`, acting with the API key in Secret `api_key_secret`,
 /// writing Secret `secret`.
@@ -179,52 +180,18 @@ async fn every_failure_reason_is_reported_while_healthy_requests_keep_working() 
     )
     .await;
 
+    // (request, its spec, the reason it must end with)
+    #[rustfmt::skip]
     let cases = [
-        (
-            "invalid-spec",
-            json!({"instance": {"name": "my-log-analysis", "guid": AT_GUID}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}),
-            "InvalidSpec",
-        ),
-        (
-            "no-api-key-secret",
-            request_to("my-log-analysis", "missing", "s1"),
-            "ApiKeySecretNotFound",
-        ),
-        (
-            "bad-api-key",
-            request_to("my-log-analysis", "unknown-key", "s2"),
-            "ApiKeyInvalid",
-        ),
-        (
-            "viewer",
-            request_to("my-log-analysis", "viewer-key", "s3"),
-            "PermissionDenied",
-        ),
-        (
-            "redacted",
-            request_to("my-log-analysis", "reader-key", "s4"),
-            "PermissionDenied",
-        ),
-        (
-            "no-instance",
-            request_to("does-not-exist", "ibmcloud-api-key", "s5"),
-            "InstanceNotFound",
-        ),
-        (
-            "ambiguous",
-            request_to("shared-name", "ibmcloud-api-key", "s6"),
-            "InstanceAmbiguous",
-        ),
-        (
-            "provisioning",
-            request_to("still-provisioning", "ibmcloud-api-key", "s7"),
-            "InstanceNotActive",
-        ),
-        (
-            "no-field",
-            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "resourceKey": {"credentialField": "no_such_field"}, "secret": {"name": "s8"}}),
-            "CredentialFieldMissing",
-        ),
+        ("invalid-spec", json!({"instance": {"name": "my-log-analysis", "guid": AT_GUID}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}), "InvalidSpec"),
+        ("no-api-key-secret", request_to("my-log-analysis", "missing", "s1"), "ApiKeySecretNotFound"),
+        ("bad-api-key", request_to("my-log-analysis", "unknown-key", "s2"), "ApiKeyInvalid"),
+        ("viewer", request_to("my-log-analysis", "viewer-key", "s3"), "PermissionDenied"),
+        ("redacted", request_to("my-log-analysis", "reader-key", "s4"), "PermissionDenied"),
+        ("no-instance", request_to("does-not-exist", "ibmcloud-api-key", "s5"), "InstanceNotFound"),
+        ("ambiguous", request_to("shared-name", "ibmcloud-api-key", "s6"), "InstanceAmbiguous"),
+        ("provisioning", request_to("still-provisioning", "ibmcloud-api-key", "s7"), "InstanceNotActive"),
+        ("no-field", json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "resourceKey": {"credentialField": "no_such_field"}, "secret": {"name": "s8"}}), "CredentialFieldMissing"),
     ];
     for (name, spec, _) in &cases {
         env.create_request(name, spec.clone()).await;

@@ -5,13 +5,8 @@ use crate::harness::*;
 #[tokio::test]
 async fn deletion_deletes_the_key_and_releases_the_request() {
     let h = Harness::new("rec-delete").await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.reconcile("at").await.expect("apply");
-    let request = h.get("at").await;
-    h.requests()
-        .delete("at", &DeleteParams::default())
-        .await
-        .unwrap();
+    let request = h.apply("at", spec_on(AT_GUID)).await;
+    h.delete_request("at").await;
     h.reconcile("at").await.expect("cleanup");
     assert_eq!(h.active_keys_named(&key_name(&request)), 0);
     assert!(
@@ -25,13 +20,8 @@ async fn deletion_with_retain_keeps_the_key() {
     let h = Harness::new("rec-retain").await;
     let mut spec = spec_on(AT_GUID);
     spec["deletionPolicy"] = "Retain".into();
-    h.create("at", spec).await;
-    h.reconcile("at").await.expect("apply");
-    let request = h.get("at").await;
-    h.requests()
-        .delete("at", &DeleteParams::default())
-        .await
-        .unwrap();
+    let request = h.apply("at", spec).await;
+    h.delete_request("at").await;
     h.sim.reset_calls();
     h.reconcile("at").await.expect("cleanup");
     assert_eq!(h.active_keys_named(&key_name(&request)), 1);

@@ -16,7 +16,7 @@ pub use futures::future::BoxFuture;
 pub use ibm_cloud_sim::{Seed, Simulator};
 
 pub use ingestion_key_operator::{
-    crd::{IngestionKeyRequest, reason},
+    crd::{IngestionKeyRequest, PendingKeyCreation, reason},
     ibm::{
         ClientConfig, CreateKeyRequest, Endpoints, ErrorKind, IbmApi, IbmCloud, IbmError,
         InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey,
@@ -266,6 +266,42 @@ impl Harness {
         reconcile(Arc::new(request), self.ctx.clone()).await
     }
 
+    /// Creates request `name` on `spec` and reconciles it once, successfully.
+    pub async fn apply(&self, name: &str, spec: serde_json::Value) -> IngestionKeyRequest {
+        self.create(name, spec).await;
+        self.reconcile(name).await.expect("apply");
+        self.get(name).await
+    }
+
+    /// Creates request `name` on `spec` and reconciles it once with the creation's reply lost:
+    /// the key lands in IBM Cloud and the request records it as pending.
+    pub async fn apply_losing_the_reply(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> (PendingKeyCreation, ReconcileError) {
+        self.create(name, spec).await;
+        self.hooks.lock().unwrap().lose_next_create_reply = true;
+        let error = self.reconcile(name).await.expect_err("the reply was lost");
+        let pending = self
+            .get(name)
+            .await
+            .status
+            .and_then(|s| s.pending_key_creation);
+        (
+            pending.expect("the creation stays recorded as pending"),
+            error,
+        )
+    }
+
+    /// Deletes request `name`; its finalizer holds it until a reconcile has cleaned up.
+    pub async fn delete_request(&self, name: &str) {
+        self.requests()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete request");
+    }
+
     pub async fn get(&self, name: &str) -> IngestionKeyRequest {
         self.requests().get(name).await.expect("read request")
     }
@@ -359,79 +395,91 @@ pub fn spec_on(instance_guid: &str) -> serde_json::Value {
     })
 }
 
-pub async fn events(h: &Harness, reason: &str) -> Vec<String> {
-    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), &h.ns);
-    api.list(&Default::default())
-        .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .map(|e| e.note.unwrap_or_default())
-        .collect()
-}
+impl Harness {
+    pub async fn events(&self, reason: &str) -> Vec<String> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&Default::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.note.unwrap_or_default())
+            .collect()
+    }
 
-pub async fn move_to(h: &Harness, name: &str, instance_guid: &str) {
-    h.requests()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"instance": {"guid": instance_guid}}})),
-        )
-        .await
-        .unwrap();
-    h.reconcile(name).await.expect("move");
-    h.reconcile(name).await.expect("retire the old key");
-}
+    pub async fn move_to(&self, name: &str, instance_guid: &str) {
+        self.requests()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"instance": {"guid": instance_guid}}})),
+            )
+            .await
+            .unwrap();
+        self.reconcile(name).await.expect("move");
+        self.reconcile(name).await.expect("retire the old key");
+    }
 
-pub async fn annotate_rotate(h: &Harness, name: &str, value: &str) {
-    h.requests()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(
-                serde_json::json!({"metadata": {"annotations": {"keysync.dev/rotate": value}}}),
-            ),
-        )
-        .await
-        .expect("annotate");
-}
+    pub async fn annotate_rotate(&self, name: &str, value: &str) {
+        self.requests()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"metadata": {"annotations": {"keysync.dev/rotate": value}}}),
+                ),
+            )
+            .await
+            .expect("annotate");
+    }
 
-pub async fn patch_spec(h: &Harness, name: &str, spec: serde_json::Value) {
-    h.requests()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": spec })),
-        )
-        .await
-        .expect("patch spec");
+    pub async fn patch_spec(&self, name: &str, spec: serde_json::Value) {
+        self.requests()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": spec })),
+            )
+            .await
+            .expect("patch spec");
+    }
+
+    pub fn state_of(&self, guid: &str) -> String {
+        self.sim_key(guid).state
+    }
+
+    /// The simulator's record of key `guid`.
+    pub fn sim_key(&self, guid: &str) -> ibm_cloud_sim::SimKey {
+        self.sim
+            .keys()
+            .into_iter()
+            .find(|k| k.guid == guid)
+            .expect("the key exists in the simulator")
+    }
+
+    /// The Secret `name`, which must exist.
+    pub async fn secret(&self, name: &str) -> Secret {
+        self.secrets().get(name).await.expect("read the Secret")
+    }
+
+    /// A key on the Activity Tracker instance that someone else created (Terraform, the console).
+    pub async fn someone_elses_key(&self, name: &str) -> ResourceKey {
+        let create = CreateKeyRequest {
+            name: name.into(),
+            source: AT_GUID.into(),
+            role: "Manager".into(),
+        };
+        self.ibm
+            .create_key(&SecretString::new(MANAGER_KEY), &create)
+            .await
+            .expect("someone else's key")
+    }
 }
 
 pub fn status_of(
     request: &IngestionKeyRequest,
 ) -> ingestion_key_operator::crd::IngestionKeyRequestStatus {
     request.status.clone().expect("a status")
-}
-
-pub fn state_of(h: &Harness, guid: &str) -> String {
-    h.sim
-        .keys()
-        .into_iter()
-        .find(|k| k.guid == guid)
-        .map(|k| k.state)
-        .expect("the key exists in the simulator")
-}
-
-/// A key on the Activity Tracker instance that someone else created (Terraform, the console).
-pub async fn someone_elses_key(h: &Harness, name: &str) -> ResourceKey {
-    let create = CreateKeyRequest {
-        name: name.into(),
-        source: AT_GUID.into(),
-        role: "Manager".into(),
-    };
-    h.ibm
-        .create_key(&SecretString::new(MANAGER_KEY), &create)
-        .await
-        .expect("someone else's key")
 }

@@ -28,8 +28,7 @@ async fn a_new_request_creates_one_key_without_looking_anything_up() {
 #[tokio::test]
 async fn a_refresh_reads_the_recorded_key_and_creates_nothing() {
     let mut h = Harness::new("rec-refresh").await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.reconcile("at").await.expect("apply");
+    h.apply("at", spec_on(AT_GUID)).await;
     h.restart(); // no memory: the full sync runs
     h.sim.reset_calls();
     h.reconcile("at").await.expect("refresh");
@@ -45,12 +44,8 @@ async fn a_refresh_reads_the_recorded_key_and_creates_nothing() {
 #[tokio::test]
 async fn a_lost_creation_reply_is_found_by_name_not_created_twice() {
     let h = Harness::with_grace("rec-lost", Duration::ZERO).await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.hooks.lock().unwrap().lose_next_create_reply = true;
-    let error = h.reconcile("at").await.expect_err("the reply was lost");
+    let (pending, error) = h.apply_losing_the_reply("at", spec_on(AT_GUID)).await;
     assert_eq!(error.reason(), reason::IBM_CLOUD_UNAVAILABLE);
-    let pending = h.get("at").await.status.unwrap().pending_key_creation;
-    let pending = pending.expect("the creation stays recorded as pending");
     assert_eq!(h.active_keys_named(&pending.name), 1, "the key did land");
 
     h.reconcile("at").await.expect("apply after the lost reply");
@@ -68,17 +63,8 @@ async fn a_lost_creation_reply_is_found_by_name_not_created_twice() {
 #[tokio::test]
 async fn a_pending_creation_within_its_grace_is_waited_for() {
     let h = Harness::with_grace("rec-grace", Duration::from_secs(60)).await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.hooks.lock().unwrap().lose_next_create_reply = true;
-    h.reconcile("at").await.expect_err("the reply was lost");
+    let (pending, _) = h.apply_losing_the_reply("at", spec_on(AT_GUID)).await;
     // The key landed, but a lookup right now must see it; hide it to play a slow IBM Cloud.
-    let pending = h
-        .get("at")
-        .await
-        .status
-        .unwrap()
-        .pending_key_creation
-        .unwrap();
     let (guid, _) = h.keys_named(&pending.name).remove(0);
     h.ibm
         .delete_key(&SecretString::new(MANAGER_KEY), &guid)
@@ -140,10 +126,8 @@ async fn a_refused_creation_clears_its_pending_record() {
 #[tokio::test]
 async fn a_vanished_key_is_replaced_in_the_same_secret() {
     let mut h = Harness::new("rec-vanished").await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.reconcile("at").await.expect("apply");
-    let before = h.get("at").await;
-    let uid = h.secrets().get("logdna-agent-key").await.unwrap().uid();
+    let before = h.apply("at", spec_on(AT_GUID)).await;
+    let uid = h.secret("logdna-agent-key").await.uid();
     h.ibm
         .delete_key(&SecretString::new(MANAGER_KEY), &key_guid(&before))
         .await
@@ -154,7 +138,7 @@ async fn a_vanished_key_is_replaced_in_the_same_secret() {
     assert_ne!(key_guid(&after), key_guid(&before));
     assert_eq!(h.active_keys_named(&key_name(&after)), 1);
     assert_eq!(
-        h.secrets().get("logdna-agent-key").await.unwrap().uid(),
+        h.secret("logdna-agent-key").await.uid(),
         uid,
         "updated in place, never re-created"
     );
@@ -163,9 +147,7 @@ async fn a_vanished_key_is_replaced_in_the_same_secret() {
 #[tokio::test]
 async fn a_move_deletes_the_old_key_only_once_the_secret_holds_the_new_one() {
     let h = Harness::new("rec-move").await;
-    h.create("at", without_grace(spec_on(AT_GUID))).await;
-    h.reconcile("at").await.expect("apply");
-    let old = h.get("at").await;
+    let old = h.apply("at", without_grace(spec_on(AT_GUID))).await;
     let old_value = h.secret_value().await.unwrap();
     h.requests()
         .patch(
@@ -203,16 +185,7 @@ async fn a_move_deletes_the_old_key_only_once_the_secret_holds_the_new_one() {
 #[tokio::test]
 async fn duplicates_of_the_default_name_are_deleted_keeping_one() {
     let h = Harness::with_grace("rec-dupes", Duration::ZERO).await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.hooks.lock().unwrap().lose_next_create_reply = true;
-    h.reconcile("at").await.expect_err("the reply was lost");
-    let pending = h
-        .get("at")
-        .await
-        .status
-        .unwrap()
-        .pending_key_creation
-        .unwrap();
+    let (pending, _) = h.apply_losing_the_reply("at", spec_on(AT_GUID)).await;
     // A second creation of the same name landed too (a retry whose reply was also lost).
     let create = CreateKeyRequest {
         name: pending.name.clone(),
@@ -256,29 +229,27 @@ async fn a_custom_named_key_that_exists_is_reused() {
 #[tokio::test]
 async fn a_key_reset_in_ibm_cloud_reaches_the_same_secret_at_the_next_refresh() {
     let mut h = Harness::new("rec-reset").await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.reconcile("at").await.expect("apply");
-    let uid = h.secrets().get("logdna-agent-key").await.unwrap().uid();
+    h.apply("at", spec_on(AT_GUID)).await;
+    let uid = h.secret("logdna-agent-key").await.uid();
     let rotated = h.sim.reset_ingestion_key(AT_GUID).expect("instance exists");
     h.restart(); // the refresh: a full sync
     h.reconcile("at").await.expect("refresh");
     assert_eq!(h.secret_value().await.as_deref(), Some(rotated.expose()));
     assert_eq!(
-        h.secrets().get("logdna-agent-key").await.unwrap().uid(),
+        h.secret("logdna-agent-key").await.uid(),
         uid,
         "updated in place, never re-created"
     );
-    assert_eq!(events(&h, "SecretUpdated").await.len(), 1);
+    assert_eq!(h.events("SecretUpdated").await.len(), 1);
 }
 
 #[tokio::test]
 async fn a_custom_named_key_made_by_someone_else_is_never_deleted() {
     let h = Harness::new("rec-foreign").await;
-    let theirs = someone_elses_key(&h, "team-key").await;
+    let theirs = h.someone_elses_key("team-key").await;
     let mut spec = without_grace(spec_on(AT_GUID));
     spec["resourceKey"] = serde_json::json!({"name": "team-key"});
-    h.create("at", spec).await;
-    h.reconcile("at").await.expect("apply");
+    h.apply("at", spec).await;
     assert_eq!(key_guid(&h.get("at").await), theirs.guid, "used");
     assert!(
         !status_of(&h.get("at").await)
@@ -287,41 +258,34 @@ async fn a_custom_named_key_made_by_someone_else_is_never_deleted() {
             .created_by_operator
     );
     // A rotation makes a key of ours and lets theirs go without deleting it.
-    annotate_rotate(&h, "at", "1").await;
+    h.annotate_rotate("at", "1").await;
     h.reconcile("at").await.expect("rotate");
     h.reconcile("at").await.expect("retire");
     assert_eq!(key_name(&h.get("at").await), "team-key:r1");
-    assert_eq!(state_of(&h, &theirs.guid), "active", "never deleted");
-    assert_eq!(events(&h, "ResourceKeyRetained").await.len(), 1);
+    assert_eq!(h.state_of(&theirs.guid), "active", "never deleted");
+    assert_eq!(h.events("ResourceKeyRetained").await.len(), 1);
     assert!(status_of(&h.get("at").await).retiring_keys.is_empty());
     // The key the operator made is deleted with the request; theirs stays.
     let ours = key_guid(&h.get("at").await);
-    h.requests()
-        .delete("at", &DeleteParams::default())
-        .await
-        .unwrap();
+    h.delete_request("at").await;
     h.reconcile("at").await.expect("cleanup");
-    assert_eq!(state_of(&h, &ours), "removed");
-    assert_eq!(state_of(&h, &theirs.guid), "active");
+    assert_eq!(h.state_of(&ours), "removed");
+    assert_eq!(h.state_of(&theirs.guid), "active");
 }
 
 #[tokio::test]
 async fn a_foreign_custom_named_key_survives_the_request_whatever_the_policy() {
     let h = Harness::new("rec-foreign-del").await;
-    let theirs = someone_elses_key(&h, "shared-key").await;
+    let theirs = h.someone_elses_key("shared-key").await;
     let mut spec = spec_on(AT_GUID);
     spec["resourceKey"] = serde_json::json!({"name": "shared-key"});
     spec["deletionPolicy"] = serde_json::json!("Delete");
-    h.create("at", spec).await;
-    h.reconcile("at").await.expect("apply");
-    h.requests()
-        .delete("at", &DeleteParams::default())
-        .await
-        .unwrap();
+    h.apply("at", spec).await;
+    h.delete_request("at").await;
     h.reconcile("at").await.expect("cleanup");
-    assert_eq!(state_of(&h, &theirs.guid), "active");
+    assert_eq!(h.state_of(&theirs.guid), "active");
     assert!(
-        events(&h, "ResourceKeyRetained")
+        h.events("ResourceKeyRetained")
             .await
             .iter()
             .any(|n| n.contains("did not create"))

@@ -5,14 +5,13 @@ use crate::harness::*;
 #[tokio::test]
 async fn every_event_tells_what_happened_then() {
     let h = Harness::new("rec-events").await;
-    h.create("at", without_grace(spec_on(AT_GUID))).await;
-    h.reconcile("at").await.expect("apply");
+    h.apply("at", without_grace(spec_on(AT_GUID))).await;
     let first = key_guid(&h.get("at").await);
-    move_to(&h, "at", LA_GUID).await;
+    h.move_to("at", LA_GUID).await;
     let second = key_guid(&h.get("at").await);
-    move_to(&h, "at", AT_GUID).await;
+    h.move_to("at", AT_GUID).await;
     let third = key_guid(&h.get("at").await);
-    let created = events(&h, "ResourceKeyCreated").await;
+    let created = h.events("ResourceKeyCreated").await;
     for guid in [&first, &second, &third] {
         assert_eq!(
             created.iter().filter(|n| n.contains(guid.as_str())).count(),
@@ -20,7 +19,7 @@ async fn every_event_tells_what_happened_then() {
             "one creation event names {guid}: {created:?}"
         );
     }
-    let deleted = events(&h, "ResourceKeyDeleted").await;
+    let deleted = h.events("ResourceKeyDeleted").await;
     for guid in [&first, &second] {
         assert!(
             deleted.iter().any(|n| n.contains(guid.as_str())),
@@ -29,7 +28,7 @@ async fn every_event_tells_what_happened_then() {
     }
     let value = h.secret_value().await.unwrap();
     let fingerprint = h.get("at").await.status.unwrap().key_fingerprint.unwrap();
-    let updated = events(&h, "SecretUpdated").await;
+    let updated = h.events("SecretUpdated").await;
     assert!(
         updated.last().is_some_and(|n| n.contains(&fingerprint)),
         "the latest update names the fingerprint the Secret holds: {updated:?}"
@@ -40,8 +39,7 @@ async fn every_event_tells_what_happened_then() {
 #[tokio::test]
 async fn an_instance_that_no_longer_resolves_is_not_shown() {
     let h = Harness::new("rec-stale").await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.reconcile("at").await.expect("apply");
+    h.apply("at", spec_on(AT_GUID)).await;
     assert!(h.get("at").await.status.unwrap().instance.is_some());
     h.requests()
         .patch(

@@ -6,20 +6,18 @@ use crate::harness::*;
 #[tokio::test]
 async fn a_rotation_by_annotation_replaces_the_key_in_the_ibm_order() {
     let h = Harness::new("rec-rotate").await;
-    h.create("at", without_grace(spec_on(AT_GUID))).await;
-    h.reconcile("at").await.expect("apply");
-    let old = h.get("at").await;
-    let secret_uid = h.secrets().get("logdna-agent-key").await.unwrap().uid();
+    let old = h.apply("at", without_grace(spec_on(AT_GUID))).await;
+    let secret_uid = h.secret("logdna-agent-key").await.uid();
     // The admin generated a new ingestion key in IBM's web UI: a new resource key carries it.
     let reset = h.sim.reset_ingestion_key(AT_GUID).expect("instance");
-    annotate_rotate(&h, "at", "2026-12-01T10:00").await;
+    h.annotate_rotate("at", "2026-12-01T10:00").await;
     h.reconcile("at").await.expect("rotate");
     let rotated = h.get("at").await;
     let status = status_of(&rotated);
     assert_eq!(key_name(&rotated), format!("{}:r1", key_name(&old)));
     assert_eq!(h.secret_value().await.as_deref(), Some(reset.expose()));
     assert_eq!(
-        h.secrets().get("logdna-agent-key").await.unwrap().uid(),
+        h.secret("logdna-agent-key").await.uid(),
         secret_uid,
         "the same Secret, updated in place"
     );
@@ -41,12 +39,12 @@ async fn a_rotation_by_annotation_replaces_the_key_in_the_ibm_order() {
     assert_eq!(status.retiring_keys.len(), 1, "{:?}", status.retiring_keys);
     assert_eq!(status.retiring_keys[0].guid, key_guid(&old));
     h.reconcile("at").await.expect("retire");
-    assert_eq!(state_of(&h, &key_guid(&old)), "removed");
+    assert_eq!(h.state_of(&key_guid(&old)), "removed");
     assert!(status_of(&h.get("at").await).retiring_keys.is_empty());
     let at_delete = h.hooks.lock().unwrap().secret_at_delete.clone();
     assert_eq!(at_delete, vec![Some(reset.expose().to_owned())]);
-    assert_eq!(events(&h, "RotationStarted").await.len(), 1);
-    assert_eq!(events(&h, "ResourceKeyDeleted").await.len(), 1);
+    assert_eq!(h.events("RotationStarted").await.len(), 1);
+    assert_eq!(h.events("ResourceKeyDeleted").await.len(), 1);
     // Each value acts once.
     h.reconcile("at").await.expect("refresh");
     let created = h.sim.call_count(CREATE);
@@ -60,13 +58,12 @@ async fn a_replaced_key_lives_for_its_grace_period() {
     let h = Harness::new("rec-grace").await;
     let mut spec = spec_on(AT_GUID);
     spec["rotation"] = serde_json::json!({"gracePeriod": "1h"});
-    h.create("at", spec).await;
-    h.reconcile("at").await.expect("apply");
+    h.apply("at", spec).await;
     let old = key_guid(&h.get("at").await);
-    annotate_rotate(&h, "at", "one").await;
+    h.annotate_rotate("at", "one").await;
     h.reconcile("at").await.expect("rotate");
     h.reconcile("at").await.expect("again");
-    assert_eq!(state_of(&h, &old), "active", "kept for the grace period");
+    assert_eq!(h.state_of(&old), "active", "kept for the grace period");
     let retiring = status_of(&h.get("at").await).retiring_keys;
     let key = &retiring[0];
     let retired = key.retired_at.as_ref().expect("retiredAt").0;
@@ -87,9 +84,7 @@ async fn a_scheduled_rotation_runs_when_its_time_comes() {
     let mut spec = spec_on(LOGS_GUID);
     spec["resourceKey"] = serde_json::json!({"role": "Sender", "credentialField": "apikey"});
     spec["rotation"] = serde_json::json!({"interval": "2s", "gracePeriod": "0s"});
-    h.create("logs", spec).await;
-    h.reconcile("logs").await.expect("apply");
-    let first = h.get("logs").await;
+    let first = h.apply("logs", spec).await;
     let next = status_of(&first)
         .rotation
         .and_then(|r| r.next_rotation_time)
@@ -113,7 +108,7 @@ async fn a_scheduled_rotation_runs_when_its_time_comes() {
         2,
         "the next one is an interval later"
     );
-    let value = h.secrets().get("logdna-agent-key").await.unwrap();
+    let value = h.secret("logdna-agent-key").await;
     let value = String::from_utf8(value.data.unwrap()["logdna-agent-key"].0.clone()).unwrap();
     assert_ne!(
         value,
@@ -132,9 +127,7 @@ async fn restart_targets_roll_out_and_the_old_key_waits_for_them() {
         {"kind": "DaemonSet", "name": "logdna-agent"},
         {"kind": "Deployment", "name": "not-there"},
     ]);
-    h.create("at", spec).await;
-    h.reconcile("at").await.expect("apply");
-    let first = h.get("at").await;
+    let first = h.apply("at", spec).await;
     assert_eq!(
         ready_reason(&first).as_deref(),
         Some("KeySynced"),
@@ -152,7 +145,7 @@ async fn restart_targets_roll_out_and_the_old_key_waits_for_them() {
         vec!["Deployment/not-there does not exist".to_owned()]
     );
     assert!(rollout.completed_at.is_none());
-    assert_eq!(events(&h, "RestartTargetNotFound").await.len(), 1);
+    assert_eq!(h.events("RestartTargetNotFound").await.len(), 1);
     complete_rollout(&agents, "logdna-agent").await;
     h.reconcile("at").await.expect("rolled out");
     assert!(
@@ -162,7 +155,7 @@ async fn restart_targets_roll_out_and_the_old_key_waits_for_them() {
             .completed_at
             .is_some()
     );
-    assert_eq!(events(&h, "RolloutComplete").await.len(), 1);
+    assert_eq!(h.events("RolloutComplete").await.len(), 1);
     // A refresh with the same credential restarts nothing.
     let generation = agents
         .get("logdna-agent")
@@ -184,7 +177,7 @@ async fn restart_targets_roll_out_and_the_old_key_waits_for_them() {
     // A rotation after a reset in the web UI: new key, Secret, restart, and the old key waits.
     let old = key_guid(&h.get("at").await);
     h.sim.reset_ingestion_key(AT_GUID).expect("instance");
-    annotate_rotate(&h, "at", "r1").await;
+    h.annotate_rotate("at", "r1").await;
     h.reconcile("at").await.expect("rotate");
     let rotated = h.get("at").await;
     let new_fingerprint = status_of(&rotated).key_fingerprint.unwrap();
@@ -194,10 +187,10 @@ async fn restart_targets_roll_out_and_the_old_key_waits_for_them() {
         template_fingerprint(&ds).as_deref(),
         Some(new_fingerprint.as_str())
     );
-    assert_eq!(events(&h, "RolloutRestarted").await.len(), 2);
+    assert_eq!(h.events("RolloutRestarted").await.len(), 2);
     h.reconcile("at").await.expect("rollout still running");
     assert_eq!(
-        state_of(&h, &old),
+        h.state_of(&old),
         "active",
         "kept until the agents run with the new key"
     );
@@ -205,23 +198,22 @@ async fn restart_targets_roll_out_and_the_old_key_waits_for_them() {
     assert!(retiring[0].delete_after.is_none(), "{retiring:?}");
     assert!(status_of(&h.get("at").await).rollout.unwrap().stalled);
     assert_eq!(
-        events(&h, "RolloutStalled").await.len(),
+        h.events("RolloutStalled").await.len(),
         1,
         "rolloutTimeout 0s has passed"
     );
     complete_rollout(&agents, "logdna-agent").await;
     h.reconcile("at").await.expect("rolled out: grace starts");
     h.reconcile("at").await.expect("grace over: delete");
-    assert_eq!(state_of(&h, &old), "removed");
+    assert_eq!(h.state_of(&old), "removed");
 }
 
 #[tokio::test]
 async fn a_failed_delete_of_a_replaced_key_is_retried_until_it_succeeds() {
     let h = Harness::new("rec-delete-retry").await;
-    h.create("at", without_grace(spec_on(AT_GUID))).await;
-    h.reconcile("at").await.expect("apply");
+    h.apply("at", without_grace(spec_on(AT_GUID))).await;
     let old = key_guid(&h.get("at").await);
-    annotate_rotate(&h, "at", "1").await;
+    h.annotate_rotate("at", "1").await;
     h.reconcile("at").await.expect("rotate");
     h.sim.set_faults(ibm_cloud_sim::Faults {
         // More failures than the client's own retries: the delete fails for the reconcile.
@@ -233,7 +225,7 @@ async fn a_failed_delete_of_a_replaced_key_is_retried_until_it_succeeds() {
     h.reconcile("at")
         .await
         .expect("a failed delete does not fail the sync");
-    assert_eq!(state_of(&h, &old), "active");
+    assert_eq!(h.state_of(&old), "active");
     let request = h.get("at").await;
     let retiring = &status_of(&request).retiring_keys[0];
     assert_eq!(retiring.delete_attempts, 1);
@@ -245,11 +237,11 @@ async fn a_failed_delete_of_a_replaced_key_is_retried_until_it_succeeds() {
         ready.contains("last attempt failed"),
         "visible in Ready: {ready}"
     );
-    assert_eq!(events(&h, "ResourceKeyDeleteFailed").await.len(), 1);
+    assert_eq!(h.events("ResourceKeyDeleteFailed").await.len(), 1);
     h.sim.clear_faults();
     support::wait_for("the retried delete", Duration::from_secs(30), || async {
         h.reconcile("at").await.expect("retry");
-        state_of(&h, &old) == "removed"
+        h.state_of(&old) == "removed"
     })
     .await;
     assert!(status_of(&h.get("at").await).retiring_keys.is_empty());
@@ -258,9 +250,7 @@ async fn a_failed_delete_of_a_replaced_key_is_retried_until_it_succeeds() {
 #[tokio::test]
 async fn one_time_credentials_are_kept_and_replaced_only_when_lost() {
     let mut h = Harness::new("rec-onetime").await;
-    h.create("at", without_grace(spec_on(ONETIME_GUID))).await;
-    h.reconcile("at").await.expect("apply");
-    let first = h.get("at").await;
+    let first = h.apply("at", without_grace(spec_on(ONETIME_GUID))).await;
     assert_eq!(ready_reason(&first).as_deref(), Some("KeySynced"));
     let value = h
         .secret_value()
@@ -292,7 +282,7 @@ async fn one_time_credentials_are_kept_and_replaced_only_when_lost() {
         "the instance's ingestion key, again"
     );
     h.reconcile("at").await.expect("retire");
-    assert_eq!(state_of(&h, &key_guid(&first)), "removed");
+    assert_eq!(h.state_of(&key_guid(&first)), "removed");
 }
 
 #[tokio::test]
@@ -301,9 +291,7 @@ async fn sender_on_a_cloud_logs_instance_is_sent_as_its_role_crn() {
     let mut spec = spec_on(LOGS_GUID);
     spec["resourceKey"] = serde_json::json!({"role": "Sender", "credentialField": "apikey"});
     spec["secret"] = serde_json::json!({"name": "logs-agent", "key": "IAM_API_KEY"});
-    h.create("logs", spec).await;
-    h.reconcile("logs").await.expect("apply");
-    let request = h.get("logs").await;
+    let request = h.apply("logs", spec).await;
     assert_eq!(ready_reason(&request).as_deref(), Some("KeySynced"));
     let recorded = status_of(&request).resource_key.unwrap();
     assert_eq!(
@@ -317,7 +305,7 @@ async fn sender_on_a_cloud_logs_instance_is_sent_as_its_role_crn() {
         .find(|k| k.guid == recorded.guid)
         .unwrap();
     assert_eq!(key.role, "Sender");
-    let secret = h.secrets().get("logs-agent").await.unwrap();
+    let secret = h.secret("logs-agent").await;
     let data = secret.data.unwrap();
     assert_eq!(data.keys().collect::<Vec<_>>(), ["IAM_API_KEY"]);
 }
@@ -325,15 +313,9 @@ async fn sender_on_a_cloud_logs_instance_is_sent_as_its_role_crn() {
 #[tokio::test]
 async fn a_role_change_replaces_the_key() {
     let h = Harness::new("rec-role").await;
-    h.create("at", without_grace(spec_on(AT_GUID))).await;
-    h.reconcile("at").await.expect("apply");
-    let old = h.get("at").await;
-    patch_spec(
-        &h,
-        "at",
-        serde_json::json!({"resourceKey": {"role": "Writer"}}),
-    )
-    .await;
+    let old = h.apply("at", without_grace(spec_on(AT_GUID))).await;
+    h.patch_spec("at", serde_json::json!({"resourceKey": {"role": "Writer"}}))
+        .await;
     h.reconcile("at").await.expect("replace");
     let new = h.get("at").await;
     assert_eq!(key_name(&new), format!("{}:r1", key_name(&old)));
@@ -346,5 +328,5 @@ async fn a_role_change_replaces_the_key() {
         .unwrap();
     assert_eq!(key.role, "Writer");
     h.reconcile("at").await.expect("retire");
-    assert_eq!(state_of(&h, &key_guid(&old)), "removed");
+    assert_eq!(h.state_of(&key_guid(&old)), "removed");
 }

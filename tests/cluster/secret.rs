@@ -41,7 +41,7 @@ async fn the_api_key_secret_is_never_the_target_and_no_key_is_minted() {
     assert_eq!(error.reason(), reason::INVALID_SPEC);
     assert!(!error.to_string().contains("delete"), "{error}");
     assert_eq!(h.sim.call_count(CREATE), 0);
-    let api_key = h.secrets().get("ibmcloud-api-key").await.unwrap();
+    let api_key = h.secret("ibmcloud-api-key").await;
     assert!(
         api_key.data.unwrap().contains_key("apikey"),
         "the API key is untouched"
@@ -101,24 +101,22 @@ async fn a_refused_secret_write_is_reported_with_the_servers_words() {
         Some("SecretWriteRejected"),
         "{status:?}"
     );
-    assert_eq!(events(&h, "SecretWriteRejected").await.len(), 1);
+    assert_eq!(h.events("SecretWriteRejected").await.len(), 1);
     assert!(h.secret_value().await.is_none());
 }
 
 #[tokio::test]
 async fn a_new_secret_key_leaves_exactly_one_data_key() {
     let h = Harness::new("rec-secret-key").await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.reconcile("at").await.expect("apply");
-    let uid = h.secrets().get("logdna-agent-key").await.unwrap().uid();
-    patch_spec(
-        &h,
+    h.apply("at", spec_on(AT_GUID)).await;
+    let uid = h.secret("logdna-agent-key").await.uid();
+    h.patch_spec(
         "at",
         serde_json::json!({"secret": {"key": "ingestion-key"}}),
     )
     .await;
     h.reconcile("at").await.expect("new key");
-    let secret = h.secrets().get("logdna-agent-key").await.unwrap();
+    let secret = h.secret("logdna-agent-key").await;
     assert_eq!(secret.uid(), uid, "in place");
     let keys: Vec<String> = secret.data.unwrap().into_keys().collect();
     assert_eq!(keys, ["ingestion-key"]);
@@ -127,15 +125,10 @@ async fn a_new_secret_key_leaves_exactly_one_data_key() {
 #[tokio::test]
 async fn a_new_secret_name_writes_the_new_secret_then_deletes_the_old() {
     let h = Harness::new("rec-secret-name").await;
-    h.create("at", spec_on(AT_GUID)).await;
-    h.reconcile("at").await.expect("apply");
+    h.apply("at", spec_on(AT_GUID)).await;
     let value = h.secret_value().await.unwrap();
-    patch_spec(
-        &h,
-        "at",
-        serde_json::json!({"secret": {"name": "agent-key"}}),
-    )
-    .await;
+    h.patch_spec("at", serde_json::json!({"secret": {"name": "agent-key"}}))
+        .await;
     h.reconcile("at").await.expect("rename");
     assert!(
         h.secrets()
@@ -145,7 +138,7 @@ async fn a_new_secret_name_writes_the_new_secret_then_deletes_the_old() {
             .is_none(),
         "the old Secret is gone"
     );
-    let new = h.secrets().get("agent-key").await.unwrap();
+    let new = h.secret("agent-key").await;
     assert_eq!(secret_value(&new), Some(value));
-    assert_eq!(events(&h, "SecretDeleted").await.len(), 1);
+    assert_eq!(h.events("SecretDeleted").await.len(), 1);
 }

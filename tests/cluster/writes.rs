@@ -88,14 +88,13 @@ async fn a_new_request_costs_the_fewest_writes_and_an_in_sync_refresh_none() {
         request_writes.until(&resource_version(&request)).await,
         ["ADDED", "MODIFIED", "MODIFIED", "MODIFIED"]
     );
-    let secret = h.secrets().get("logdna-agent-key").await.unwrap();
+    let secret = h.secret("logdna-agent-key").await;
     assert_eq!(
         secret_writes.until(&resource_version(&secret)).await,
         ["ADDED"],
         "one Secret write"
     );
-    let events =
-        events(&h, "ResourceKeyCreated").await.len() + events(&h, "SecretCreated").await.len();
+    let events = h.events("ResourceKeyCreated").await.len() + h.events("SecretCreated").await.len();
     assert_eq!(events, 2);
     // A refresh that finds everything in sync (a full sync: no memory) writes nothing. Status
     // times have whole seconds: the refresh runs in a later second than the Ready write, so a
@@ -118,7 +117,7 @@ async fn a_new_request_costs_the_fewest_writes_and_an_in_sync_refresh_none() {
         "no status write"
     );
     assert_eq!(
-        resource_version(&h.secrets().get("logdna-agent-key").await.unwrap()),
+        resource_version(&h.secret("logdna-agent-key").await),
         resource_version(&secret),
         "no Secret write"
     );
