@@ -12,6 +12,7 @@ pub mod crd;
 pub mod histogram;
 pub mod ibm;
 pub mod leader;
+pub mod lock;
 pub mod metrics;
 pub mod reconciler;
 pub mod redact;

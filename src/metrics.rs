@@ -17,6 +17,7 @@ use crate::{
     crd::{IngestionKeyRequest, reason},
     histogram::{Histogram, escape_label},
     ibm::BudgetStats,
+    lock::lock,
 };
 
 const PREFIX: &str = "ingestion_key_operator";
@@ -354,13 +355,6 @@ pub fn render_requests(out: &mut String, requests: &[RequestSample]) {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {PREFIX}_{name} {help}");
     let _ = writeln!(out, "# TYPE {PREFIX}_{name} {kind}");
-}
-
-/// Metrics must keep working even if a thread panicked while holding a lock.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

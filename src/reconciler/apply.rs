@@ -14,14 +14,13 @@ use kube::{
 use tracing::info;
 
 use super::{
-    Context, ReconcileError, api_key,
-    controller::jitter,
-    instance,
+    Context, ReconcileError, api_key, instance,
     keys::{self, Access, KeyOutcome, KeySpec},
     plan::{
         self, Recorded, ReplaceCause,
         sync::{FastPath, Waits},
     },
+    requeue::jitter,
     retire,
     rollout::{self, RolloutState},
     secret::{self, SecretOutcome},

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -15,6 +15,7 @@ use super::{events::Events, keys::CreationAttempt};
 use crate::{
     crd::IngestionKeyRequest,
     ibm::{IbmApi, IbmError, ResourceInstance},
+    lock::lock,
     metrics::{Metrics, RequestSample},
     redact::SecretString,
 };
@@ -208,7 +209,7 @@ impl Context {
         request: &IngestionKeyRequest,
         attempt: &CreationAttempt,
     ) -> Option<IbmError> {
-        let stands = super::controller::PERMANENT.after(1);
+        let stands = super::requeue::PERMANENT.after(1);
         self.read_memory(request, |m| {
             let refusal = m.refusal.as_ref()?;
             (&refusal.attempt == attempt && refusal.at.elapsed() < stands)
@@ -247,9 +248,4 @@ impl Context {
         lock(&self.memory).remove(&uid);
         self.events.forget(&uid);
     }
-}
-
-/// A poisoned lock still holds consistent data here (every critical section is one map call).
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -2,7 +2,6 @@
 //! what happens after a failure (status, event, back-off).
 
 use std::{
-    hash::{Hash, Hasher},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -26,19 +25,15 @@ use kube::{
 };
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Context, ReconcileError, apply, context::lock, deletion, status};
-use crate::{
-    backoff::Backoff,
-    crd::{FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+use super::{
+    Context, ReconcileError, apply, deletion,
+    requeue::{PERMANENT, TRANSIENT, jitter},
+    status,
 };
-
-/// Transient failures (IBM Cloud or the API server unavailable) retry soon.
-pub(super) const TRANSIENT: Backoff =
-    Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
-/// Failures a person must fix retry late (a change to the request or its API key Secret
-/// triggers a reconcile anyway).
-pub(super) const PERMANENT: Backoff =
-    Backoff::new(Duration::from_secs(300), Duration::from_secs(3600));
+use crate::{
+    crd::{FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    lock::lock,
+};
 
 /// Shared "stop now" signal for every controller and the admin server.
 pub type Shutdown = Shared<futures::future::BoxFuture<'static, ()>>;
@@ -145,16 +140,6 @@ fn error_policy(
         .and_then(|at| at.duration_since(SystemTime::now()).ok())
         .unwrap_or_default();
     Action::requeue(delay.max(named.saturating_add(Duration::from_millis(100))))
-}
-
-/// Spreads requeues by up to +-10% so that many requests created together do not refresh in
-/// lock-step against IBM Cloud.
-pub(super) fn jitter(delay: Duration, key: &ObjectRef<IngestionKeyRequest>) -> Duration {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    SystemTime::now().hash(&mut hasher);
-    let unit = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
-    delay.mul_f64(1.0 + unit * 0.1)
 }
 
 /// Runs the controller(s) until `shutdown` resolves. `ready` is set once every watch has synced.
@@ -282,26 +267,5 @@ mod tests {
         assert!(request.metadata.managed_fields.is_none());
         let annotations = request.metadata.annotations.unwrap();
         assert_eq!(annotations.len(), 1, "the operator's own annotation stays");
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(TRANSIENT.after(1), Duration::from_secs(1));
-        assert_eq!(TRANSIENT.after(4), Duration::from_secs(8));
-        assert_eq!(TRANSIENT.after(40), Duration::from_secs(300));
-        assert_eq!(PERMANENT.after(1), Duration::from_secs(300));
-        assert_eq!(PERMANENT.after(10), Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        let key = ObjectRef::<IngestionKeyRequest>::new("a").within("b");
-        for _ in 0..100 {
-            let d = jitter(Duration::from_secs(100), &key);
-            assert!(
-                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
-                "{d:?}"
-            );
-        }
     }
 }

@@ -8,8 +8,8 @@ use kube::{
 };
 use tracing::warn;
 
-use super::context::lock;
 use crate::crd::{FIELD_MANAGER, IngestionKeyRequest};
+use crate::lock::lock;
 
 /// The API server refuses event notes over 1 kB.
 const MAX_EVENT_NOTE: usize = 1024;

@@ -7,6 +7,7 @@
 //!   instance (`instance`) -> find or create the key (`keys`) -> write the Secret (`secret`) ->
 //!   roll out restart targets (`rollout`) -> retire replaced keys (`retire`) -> status (`status`).
 //! - `deletion`: the finalizer's work when a request goes.
+//! - `requeue`: the back-off after a failure and the jitter of refreshes.
 //! - `plan`: every decision of those phases as a pure function of what the phase read; the
 //!   phases above only read, ask `plan`, and carry out its answer.
 
@@ -20,6 +21,7 @@ mod events;
 mod instance;
 mod keys;
 pub mod plan;
+mod requeue;
 mod retire;
 mod rollout;
 mod secret;

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::atomic::AtomicUsize, time::Duration};
 
-use crate::env::WAIT;
+use crate::WAIT;
 use crate::{ControlPlane, free_port, signal, wait_for, wait_gone};
 
 /// Makes the command that runs the operator with the given arguments (instead of the binary of

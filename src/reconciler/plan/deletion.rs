@@ -66,10 +66,7 @@ mod tests {
     fn deletion_searches_a_pending_replacement_of_the_default_name() {
         let name = format!("{NAME}:r2");
         let p = pending(&name, INSTANCE, ago(5));
-        let recorded = Recorded {
-            key: None,
-            pending: Some(&p),
-        };
+        let recorded = awaiting(&p);
         assert_eq!(
             plan_deletion(&recorded, false, Some(NAME)),
             DeletionPlan::Delete {
@@ -82,10 +79,7 @@ mod tests {
     #[test]
     fn deletion_with_retain_deletes_nothing() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         assert_eq!(
             plan_deletion(&recorded, true, Some(NAME)),
             DeletionPlan::Release {
@@ -105,10 +99,7 @@ mod tests {
     #[test]
     fn deletion_deletes_the_recorded_key_and_searches_its_default_name() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         assert_eq!(
             plan_deletion(&recorded, false, Some(NAME)),
             DeletionPlan::Delete {
@@ -121,10 +112,7 @@ mod tests {
     #[test]
     fn deletion_of_a_pending_creation_searches_where_it_was_started() {
         let p = pending(NAME, OTHER_INSTANCE, ago(5));
-        let recorded = Recorded {
-            key: None,
-            pending: Some(&p),
-        };
+        let recorded = awaiting(&p);
         assert_eq!(
             plan_deletion(&recorded, false, Some(NAME)),
             DeletionPlan::Delete {
@@ -137,10 +125,7 @@ mod tests {
     #[test]
     fn deletion_never_deletes_a_custom_named_key_it_did_not_create() {
         let k = status_key("k1", "team-key", INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         assert_eq!(
             plan_deletion(&recorded, false, Some(NAME)),
             DeletionPlan::Release {
@@ -153,10 +138,7 @@ mod tests {
     fn deletion_never_searches_a_custom_name() {
         let mut k = status_key("k1", "team-key", INSTANCE);
         k.created_by_operator = true;
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         assert_eq!(
             plan_deletion(&recorded, false, Some(NAME)),
             DeletionPlan::Delete {

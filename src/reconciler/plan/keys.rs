@@ -192,6 +192,11 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
 
+    /// `decide` now, with the default grace, for the key `wanted(default_name)`.
+    fn decide_now(recorded: &Recorded, default_name: bool, found: Found) -> KeyPlan {
+        decide(recorded, &wanted(default_name), found, now(), GRACE)
+    }
+
     #[test]
     fn a_new_default_named_request_looks_nothing_up() {
         assert_eq!(lookup(&Recorded::default(), &wanted(true)), Lookup::Nothing);
@@ -205,10 +210,7 @@ mod tests {
     #[test]
     fn a_recorded_key_is_read_by_guid() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         assert_eq!(
             lookup(&recorded, &wanted(true)),
             Lookup::Recorded("k1".into())
@@ -229,16 +231,10 @@ mod tests {
     #[test]
     fn a_key_recorded_on_another_instance_is_not_read() {
         let k = status_key("k1", NAME, OTHER_INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         assert_eq!(lookup(&recorded, &wanted(true)), Lookup::Nothing);
         let p = pending(NAME, OTHER_INSTANCE, ago(5));
-        let recorded = Recorded {
-            key: None,
-            pending: Some(&p),
-        };
+        let recorded = awaiting(&p);
         assert_eq!(
             lookup(&recorded, &wanted(true)),
             Lookup::Nothing,
@@ -248,30 +244,15 @@ mod tests {
 
     #[test]
     fn nothing_found_and_nothing_pending_creates() {
-        let plan = decide(
-            &Recorded::default(),
-            &wanted(true),
-            Found::Nothing,
-            now(),
-            GRACE,
-        );
+        let plan = decide_now(&Recorded::default(), true, Found::Nothing);
         assert!(matches!(plan, KeyPlan::Create), "{plan:?}");
     }
 
     #[test]
     fn pending_creation_within_grace_waits_for_the_rest_of_it() {
         let p = pending(NAME, INSTANCE, ago(20));
-        let recorded = Recorded {
-            key: None,
-            pending: Some(&p),
-        };
-        let plan = decide(
-            &recorded,
-            &wanted(true),
-            Found::ByName(vec![]),
-            now(),
-            GRACE,
-        );
+        let recorded = awaiting(&p);
+        let plan = decide_now(&recorded, true, Found::ByName(vec![]));
         let KeyPlan::Wait(wait) = plan else {
             panic!("expected Wait, got {plan:?}")
         };
@@ -281,29 +262,17 @@ mod tests {
     #[test]
     fn pending_creation_past_grace_creates_again() {
         let p = pending(NAME, INSTANCE, ago(61));
-        let recorded = Recorded {
-            key: None,
-            pending: Some(&p),
-        };
-        let plan = decide(
-            &recorded,
-            &wanted(true),
-            Found::ByName(vec![]),
-            now(),
-            GRACE,
-        );
+        let recorded = awaiting(&p);
+        let plan = decide_now(&recorded, true, Found::ByName(vec![]));
         assert!(matches!(plan, KeyPlan::Create), "{plan:?}");
     }
 
     #[test]
     fn pending_creation_that_landed_is_used_and_recorded() {
         let p = pending(NAME, INSTANCE, ago(5));
-        let recorded = Recorded {
-            key: None,
-            pending: Some(&p),
-        };
+        let recorded = awaiting(&p);
         let found = Found::ByName(vec![key("k1", NAME, "active", "2026-01-01T00:00:00Z")]);
-        let plan = decide(&recorded, &wanted(true), found, now(), GRACE);
+        let plan = decide_now(&recorded, true, found);
         let KeyPlan::Use {
             key,
             record,
@@ -324,10 +293,7 @@ mod tests {
     #[test]
     fn duplicates_of_a_default_name_keep_the_oldest_and_delete_the_rest() {
         let p = pending(NAME, INSTANCE, ago(90));
-        let recorded = Recorded {
-            key: None,
-            pending: Some(&p),
-        };
+        let recorded = awaiting(&p);
         let found = Found::ByName(vec![
             key("late", NAME, "active", "2026-01-02T00:00:00Z"),
             key("first", NAME, "active", "2026-01-01T00:00:00Z"),
@@ -335,7 +301,7 @@ mod tests {
         ]);
         let KeyPlan::Use {
             key, duplicates, ..
-        } = decide(&recorded, &wanted(true), found, now(), GRACE)
+        } = decide_now(&recorded, true, found)
         else {
             panic!("expected Use")
         };
@@ -358,7 +324,7 @@ mod tests {
         ]);
         let KeyPlan::Use {
             key, duplicates, ..
-        } = decide(&recorded, &wanted(true), found, now(), GRACE)
+        } = decide_now(&recorded, true, found)
         else {
             panic!("expected Use")
         };
@@ -378,7 +344,7 @@ mod tests {
             record,
             duplicates,
             others,
-        } = decide(&Recorded::default(), &wanted(false), found, now(), GRACE)
+        } = decide_now(&Recorded::default(), false, found)
         else {
             panic!("expected Use")
         };
@@ -391,18 +357,14 @@ mod tests {
     #[test]
     fn a_recorded_key_still_active_is_used_without_writing_status() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         let found = Found::Recorded(Some(Box::new(key(
             "k1",
             NAME,
             "active",
             "2026-01-01T00:00:00Z",
         ))));
-        let KeyPlan::Use { record, .. } = decide(&recorded, &wanted(true), found, now(), GRACE)
-        else {
+        let KeyPlan::Use { record, .. } = decide_now(&recorded, true, found) else {
             panic!("expected Use")
         };
         assert!(!record, "nothing new to record on a refresh");
@@ -411,10 +373,7 @@ mod tests {
     #[test]
     fn a_recorded_key_that_vanished_is_created_again() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         for found in [
             Found::Recorded(None),
             Found::Recorded(Some(Box::new(key(
@@ -424,7 +383,7 @@ mod tests {
                 "2026-01-01T00:00:00Z",
             )))),
         ] {
-            let plan = decide(&recorded, &wanted(true), found, now(), GRACE);
+            let plan = decide_now(&recorded, true, found);
             assert!(matches!(plan, KeyPlan::Create), "{plan:?}");
         }
     }
@@ -432,10 +391,7 @@ mod tests {
     #[test]
     fn the_key_used_before_is_replaced_only_when_it_differs() {
         let k = status_key("old", NAME, OTHER_INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         assert_eq!(
             replaced(&recorded, "new").map(|k| k.guid.as_str()),
             Some("old")
@@ -459,10 +415,7 @@ mod tests {
     #[test]
     fn the_recorded_key_needs_no_write_unless_a_creation_is_pending() {
         let current = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&current),
-            pending: None,
-        };
+        let recorded = using(&current);
         assert_eq!(
             record(&recorded, "k1", false, true, None, None).write,
             RecordWrite::Nothing
@@ -481,10 +434,7 @@ mod tests {
     #[test]
     fn a_replacement_retires_the_key_it_replaces_and_answers_only_its_own_request() {
         let current = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&current),
-            pending: None,
-        };
+        let recorded = using(&current);
         let plan = record(
             &recorded,
             "k2",

@@ -72,7 +72,7 @@ pub(crate) mod fixtures {
 
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-    use super::Wanted;
+    use super::{Recorded, Wanted};
     use crate::{
         crd::{PendingKeyCreation, ResourceKeyStatus},
         ibm::ResourceKey,
@@ -109,6 +109,22 @@ pub(crate) mod fixtures {
             name: name.into(),
             instance_guid: instance.into(),
             started_at: Time(started),
+        }
+    }
+
+    /// A status that records `key` as the one in use.
+    pub fn using(key: &ResourceKeyStatus) -> Recorded<'_> {
+        Recorded {
+            key: Some(key),
+            pending: None,
+        }
+    }
+
+    /// A status that records a creation still pending.
+    pub fn awaiting(pending: &PendingKeyCreation) -> Recorded<'_> {
+        Recorded {
+            key: None,
+            pending: Some(pending),
         }
     }
 

@@ -207,10 +207,7 @@ mod tests {
     #[test]
     fn a_key_is_replaced_on_a_new_request_a_due_schedule_or_a_new_role() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: None,
-        };
+        let recorded = using(&k);
         let idle = RotationState {
             requested: Some("v1"),
             last_request: Some("v1"),

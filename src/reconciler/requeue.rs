@@ -1,0 +1,55 @@
+//! When a request is looked at again: the back-off after a failure, and the jitter that spreads
+//! refreshes so that requests created together do not call IBM Cloud in lock-step.
+
+use std::{
+    hash::{Hash, Hasher},
+    time::{Duration, SystemTime},
+};
+
+use kube::runtime::reflector::ObjectRef;
+
+use crate::{backoff::Backoff, crd::IngestionKeyRequest};
+
+/// Transient failures (IBM Cloud or the API server unavailable) retry soon.
+pub(super) const TRANSIENT: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+/// Failures a person must fix retry late (a change to the request or its API key Secret
+/// triggers a reconcile anyway).
+pub(super) const PERMANENT: Backoff =
+    Backoff::new(Duration::from_secs(300), Duration::from_secs(3600));
+
+/// Spreads requeues by up to +-10% so that many requests created together do not refresh in
+/// lock-step against IBM Cloud.
+pub(super) fn jitter(delay: Duration, key: &ObjectRef<IngestionKeyRequest>) -> Duration {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    SystemTime::now().hash(&mut hasher);
+    let unit = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0; // -1.0 ..= 1.0
+    delay.mul_f64(1.0 + unit * 0.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(TRANSIENT.after(1), Duration::from_secs(1));
+        assert_eq!(TRANSIENT.after(4), Duration::from_secs(8));
+        assert_eq!(TRANSIENT.after(40), Duration::from_secs(300));
+        assert_eq!(PERMANENT.after(1), Duration::from_secs(300));
+        assert_eq!(PERMANENT.after(10), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let key = ObjectRef::<IngestionKeyRequest>::new("a").within("b");
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(100), &key);
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
+        }
+    }
+}
