@@ -77,7 +77,7 @@ pub fn validate_with(
     let refresh_interval = parse_duration(&spec.refresh_interval);
     match refresh_interval {
         None => problems.push(format!(
-            "spec.refreshInterval {:?} is not a duration like 15m or 1h",
+            "spec.refreshInterval {:?} is not a duration like 15m or 1h (at most 87600h)",
             spec.refresh_interval
         )),
         Some(interval) if interval < MIN_REFRESH_INTERVAL => problems.push(format!(
@@ -122,7 +122,7 @@ fn rotation(
     let mut duration = |field: &str, text: &str| {
         parse_duration(text).unwrap_or_else(|| {
             problems.push(format!(
-                "spec.rotation.{field} {text:?} is not a duration like 10m or 1h"
+                "spec.rotation.{field} {text:?} is not a duration like 10m or 1h (at most 87600h)"
             ));
             Duration::ZERO
         })
@@ -272,7 +272,12 @@ fn is_secret_data_key(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Parses Go-style durations as used across Kubernetes: `90s`, `15m`, `1h30m`, `500ms`.
+/// The longest duration any field accepts (ten years): every time computed from a spec stays far
+/// from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses Go-style durations as used across Kubernetes: `90s`, `15m`, `1h30m`, `500ms`, up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     if text.is_empty() {
@@ -302,7 +307,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         total = total.checked_add(part)?;
         rest = &rest[unit_len..];
     }
-    Some(total)
+    (total <= MAX_DURATION).then_some(total)
 }
 
 #[cfg(test)]
@@ -419,5 +424,12 @@ mod tests {
         assert_eq!(parse_duration("1d"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("87600h"), Some(MAX_DURATION));
+        assert_eq!(parse_duration("87601h"), None, "past ten years");
+        assert_eq!(
+            parse_duration("5124095576030431h"),
+            None,
+            "would overflow u64 seconds"
+        );
     }
 }

@@ -12,11 +12,7 @@ use tokio::time::Instant;
 
 use tracing::debug;
 
-use super::{
-    client::IbmCloud,
-    error::{ErrorKind, IbmError},
-    transport::Request,
-};
+use crate::lock::lock;
 
 /// Process-wide request spacing plus per-API-key pauses after a 429.
 pub struct Budget {
@@ -69,7 +65,7 @@ impl Budget {
             slot.saturating_duration_since(now)
         };
         if !wait.is_zero() {
-            tracing::debug!(
+            debug!(
                 wait_ms = wait.as_millis() as u64,
                 "waiting for a slot of the IBM Cloud request budget"
             );
@@ -110,57 +106,6 @@ impl Budget {
             delayed_requests: self.delayed.load(Ordering::Relaxed),
             paused_millis: self.paused_millis.load(Ordering::Relaxed),
         }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl IbmCloud {
-    /// Waits for the request's slot in the process-wide budget, then checks that its API key is
-    /// not paused by a 429: a short pause is waited out (and a new slot taken, so that the calls
-    /// held by the pause do not all go at once when it ends); a long one, or one with no retry
-    /// left, fails at once with the time IBM named.
-    pub(super) async fn admit(
-        &self,
-        request: &Request,
-        caller: Option<&str>,
-        attempt: u32,
-    ) -> Result<(), IbmError> {
-        loop {
-            self.inner.budget.slot().await;
-            let Some(caller) = caller else {
-                return Ok(());
-            };
-            let now = SystemTime::now();
-            let Some(until) = self.inner.budget.paused_until(caller, now) else {
-                return Ok(());
-            };
-            let left = until.duration_since(now).unwrap_or(Duration::ZERO);
-            if left > self.inner.config.max_backoff || attempt > self.inner.config.max_retries {
-                let mut error = IbmError::new(
-                    request.operation,
-                    ErrorKind::RateLimited,
-                    "not sent: IBM Cloud rate-limited this API key",
-                );
-                error.retry_at = Some(until);
-                return Err(error);
-            }
-            debug!(
-                operation = request.operation,
-                wait_ms = left.as_millis() as u64,
-                "waiting out an IBM Cloud rate-limit pause"
-            );
-            self.inner.budget.wait_out(left).await;
-        }
-    }
-
-    /// What the process-wide rate budget did so far.
-    pub fn budget_stats(&self) -> BudgetStats {
-        self.inner.budget.stats()
     }
 }
 

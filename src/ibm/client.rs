@@ -2,121 +2,51 @@
 //! The layers below: `transport` (one exchange and the retry loop), `paging` (listings),
 //! `token` (IAM tokens), `budget` (admission to the rate budget).
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use reqwest::{Method, Url};
 use tracing::{debug, info};
 
-use super::budget::Budget;
 use super::endpoints::Endpoints;
 use super::error::{ErrorKind, IbmError};
 use super::model::{CreateKeyRequest, InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey};
-use super::paging::PAGE_LIMIT;
-use super::token::TokenCache;
-use super::transport::{Body, Request, RetryMode, error_chain, parse_json};
+use super::paging::{PAGE_LIMIT, list_all};
+use super::token::Authenticator;
+use super::transport::{Body, ClientConfig, Reply, Request, RetryMode, Transport, parse_json};
 use super::{
-    OP_CREATE_KEY, OP_DELETE_KEY, OP_FIND_KEYS, OP_GET_INSTANCE, OP_GET_KEY, OP_LIST_INSTANCES,
-    OP_LIST_KEYS,
+    BudgetStats, OP_CREATE_KEY, OP_DELETE_KEY, OP_FIND_KEYS, OP_GET_INSTANCE, OP_GET_KEY,
+    OP_LIST_INSTANCES, OP_LIST_KEYS,
 };
 use crate::histogram::Histogram;
 use crate::redact::SecretString;
-
-/// Upper bounds (seconds) of the request latency buckets: IBM Cloud answers in tens to hundreds
-/// of milliseconds; the top buckets catch timeouts.
-pub(super) const LATENCY_BUCKETS: [f64; 10] =
-    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// Timeouts and retry policy.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// Whole-request timeout (connect + send + response body).
-    pub request_timeout: Duration,
-    /// Retries after the first attempt for transient failures.
-    pub max_retries: u32,
-    /// Cap on any single wait, including a server's `Retry-After`.
-    pub max_backoff: Duration,
-    /// First exponential back-off step (doubled on every retry, with jitter).
-    pub initial_backoff: Duration,
-    /// Process-wide budget of IBM Cloud requests per second.
-    pub max_rps: u32,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(30),
-            max_retries: 4,
-            max_backoff: Duration::from_secs(30),
-            initial_backoff: Duration::from_millis(500),
-            max_rps: 10,
-        }
-    }
-}
 
 /// Client for IAM and the Resource Controller. Cheap to clone; all clones share the HTTP
 /// connection pool, the token cache and the counters.
 #[derive(Clone)]
 pub struct IbmCloud {
-    pub(super) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
-    pub(super) http: reqwest::Client,
-    pub(super) endpoints: Endpoints,
-    pub(super) config: ClientConfig,
-    pub(super) tokens: TokenCache,
-    pub(super) budget: Budget,
-    pub(super) counts: Mutex<BTreeMap<(String, String), u64>>,
-    pub(super) latencies: Mutex<BTreeMap<String, Histogram>>,
-    pub(super) token_exchanges: AtomicU64,
-    /// Test hook: milliseconds added to the monotonic clock used by the token cache.
-    pub(super) clock_offset_ms: AtomicU64,
+struct Inner {
+    auth: Authenticator,
+    endpoints: Endpoints,
 }
 
 impl fmt::Debug for IbmCloud {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IbmCloud")
             .field("endpoints", &self.inner.endpoints)
-            .field("config", &self.inner.config)
+            .field("config", &self.inner.auth.transport.config)
             .finish_non_exhaustive()
     }
 }
 
 impl IbmCloud {
     pub fn new(endpoints: Endpoints, config: ClientConfig) -> Result<Self, IbmError> {
-        let http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout)
-            .user_agent(concat!(
-                "ingestion-key-operator/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            // Never follow redirects: a redirect could carry the bearer token to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                IbmError::new(
-                    "build HTTP client",
-                    ErrorKind::InvalidEndpoint,
-                    error_chain(&e),
-                )
-            })?;
+        let auth = Authenticator::new(Transport::new(config)?, &endpoints);
         Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                endpoints,
-                tokens: TokenCache::default(),
-                budget: Budget::new(config.max_rps),
-                config,
-                counts: Mutex::new(BTreeMap::new()),
-                latencies: Mutex::new(BTreeMap::new()),
-                token_exchanges: AtomicU64::new(0),
-                clock_offset_ms: AtomicU64::new(0),
-            }),
+            inner: Arc::new(Inner { auth, endpoints }),
         })
     }
 
@@ -168,7 +98,7 @@ impl IbmCloud {
     ) -> Result<ResourceInstance, IbmError> {
         let url = self.rc_url(&["v2", "resource_instances", guid_or_crn]);
         let request = Request::get(OP_GET_INSTANCE, "GET /v2/resource_instances/{id}", url);
-        let reply = self.execute(&request, Some(api_key)).await?;
+        let reply = self.send(&request, api_key).await?;
         parse_json(OP_GET_INSTANCE, &reply)
     }
 
@@ -230,7 +160,7 @@ impl IbmCloud {
             retry: RetryMode::UnsentOnly,
             iam: false,
         };
-        let reply = self.execute(&request, Some(api_key)).await?;
+        let reply = self.send(&request, api_key).await?;
         let key: ResourceKey = parse_json(OP_CREATE_KEY, &reply)?;
         info!(operation = OP_CREATE_KEY, key_guid = %key.guid, key_name = %key.name, transaction_id = reply.transaction_id(), "created resource key");
         Ok(key)
@@ -243,12 +173,8 @@ impl IbmCloud {
         guid_or_crn: &str,
     ) -> Result<ResourceKey, IbmError> {
         let url = self.rc_url(&["v2", "resource_keys", guid_or_crn]);
-        let reply = self
-            .execute(
-                &Request::get(OP_GET_KEY, "GET /v2/resource_keys/{id}", url),
-                Some(api_key),
-            )
-            .await?;
+        let request = Request::get(OP_GET_KEY, "GET /v2/resource_keys/{id}", url);
+        let reply = self.send(&request, api_key).await?;
         parse_json(OP_GET_KEY, &reply)
     }
 
@@ -267,7 +193,7 @@ impl IbmCloud {
             retry: RetryMode::Idempotent,
             iam: false,
         };
-        match self.execute(&request, Some(api_key)).await {
+        match self.send(&request, api_key).await {
             Ok(_) => {
                 info!(
                     operation = OP_DELETE_KEY,
@@ -291,43 +217,48 @@ impl IbmCloud {
 
     /// Requests made so far by (endpoint template, status code or "error").
     pub fn request_counts(&self) -> Vec<((String, String), u64)> {
-        let counts = self.inner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.inner.auth.transport.request_counts()
     }
 
     /// Latency of the requests made so far, by endpoint template.
     pub fn request_latencies(&self) -> Vec<(String, Histogram)> {
-        let latencies = self
-            .inner
-            .latencies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        latencies
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.inner.auth.transport.request_latencies()
     }
 
     /// IAM token requests sent so far (each HTTP request to `/identity/token`).
     pub fn token_exchanges(&self) -> u64 {
-        self.inner.token_exchanges.load(Ordering::Relaxed)
+        self.inner.auth.transport.token_exchanges()
+    }
+
+    /// What the process-wide rate budget did so far.
+    pub fn budget_stats(&self) -> BudgetStats {
+        self.inner.auth.transport.budget_stats()
     }
 
     /// Test hook: moves the token cache's clock forward, to exercise refresh and expiry without
     /// waiting for real tokens to age. Only with the `test-util` feature.
     #[cfg(feature = "test-util")]
     #[doc(hidden)]
-    pub fn advance_clock(&self, by: Duration) {
-        self.inner
-            .clock_offset_ms
-            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    pub fn advance_clock(&self, by: std::time::Duration) {
+        self.inner.auth.transport.advance_clock(by);
     }
 
-    pub(super) fn now(&self) -> Instant {
-        Instant::now() + Duration::from_millis(self.inner.clock_offset_ms.load(Ordering::Relaxed))
+    async fn send(&self, request: &Request, api_key: &SecretString) -> Result<Reply, IbmError> {
+        self.inner.auth.send(request, api_key).await
     }
 
-    pub(super) fn rc_url(&self, segments: &[&str]) -> Url {
+    async fn list_all<T: serde::de::DeserializeOwned>(
+        &self,
+        api_key: &SecretString,
+        operation: &'static str,
+        endpoint: &'static str,
+        first: Url,
+    ) -> Result<Vec<T>, IbmError> {
+        let (auth, endpoints) = (&self.inner.auth, &self.inner.endpoints);
+        list_all(auth, endpoints, api_key, operation, endpoint, first).await
+    }
+
+    fn rc_url(&self, segments: &[&str]) -> Url {
         Endpoints::join(self.inner.endpoints.resource_controller(), segments)
     }
 }

@@ -151,9 +151,9 @@ impl IbmError {
             operation,
             kind: ErrorKind::from_status(status),
             status: Some(status),
-            code,
+            code: code.as_deref().map(truncate),
             message: truncate(&message),
-            transaction_id: header_txn.or(body_txn),
+            transaction_id: header_txn.or(body_txn).as_deref().map(truncate),
             retry_at: None,
         }
     }
@@ -171,11 +171,10 @@ impl IbmError {
     /// Replaces any occurrence of the given secrets in the message (defence in depth: a server
     /// could echo what it was sent).
     pub(crate) fn scrub(mut self, secrets: &[&str]) -> Self {
-        for secret in secrets.iter().filter(|s| s.len() >= 4) {
-            if self.message.contains(secret) {
-                self.message = self.message.replace(secret, "<redacted>");
-            }
-        }
+        let secrets: Vec<&str> = secrets.iter().copied().filter(|s| s.len() >= 4).collect();
+        self.message = scrub_text(&self.message, &secrets);
+        self.code = self.code.map(|code| scrub_text(&code, &secrets));
+        self.transaction_id = self.transaction_id.map(|txn| scrub_text(&txn, &secrets));
         self
     }
 }
@@ -250,6 +249,33 @@ fn raw_message(body: &[u8]) -> Option<String> {
     (!collapsed.is_empty()).then_some(collapsed)
 }
 
+/// `text` with every secret replaced, including the beginning of one that truncation cut off at
+/// the end (the message was cut to [`MAX_MESSAGE_CHARS`] before it could be scrubbed).
+fn scrub_text(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets {
+        if out.contains(secret) {
+            out = out.replace(secret, "<redacted>");
+        }
+    }
+    let Some(kept) = out.strip_suffix('…') else {
+        return out;
+    };
+    for secret in secrets {
+        // The longest beginning of the secret (4 characters or more) that ends the message.
+        let cut = secret
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([secret.len()])
+            .filter(|&end| end >= 4 && kept.ends_with(&secret[..end]))
+            .max();
+        if let Some(end) = cut {
+            return format!("{}<redacted>…", &kept[..kept.len() - end]);
+        }
+    }
+    out
+}
+
 fn truncate(message: &str) -> String {
     if message.chars().count() <= MAX_MESSAGE_CHARS {
         return message.to_owned();
@@ -317,5 +343,25 @@ mod tests {
         assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
         let e = parse(400, "key my-secret-key is wrong").scrub(&["my-secret-key"]);
         assert_eq!(e.message, "key <redacted> is wrong");
+    }
+
+    #[test]
+    fn a_secret_cut_by_truncation_is_scrubbed_too() {
+        let secret = "s3cr3t-api-key-0123456789abcdefghijklmnop";
+        // The secret starts 10 characters before the cut: only its beginning survives truncation.
+        let body = format!("{}{secret} and more", "x".repeat(MAX_MESSAGE_CHARS - 10));
+        let error = IbmError::from_response_parts("op", 500, &HeaderMap::new(), body.as_bytes())
+            .scrub(&[secret]);
+        assert!(!error.message.contains(&secret[..10]), "{}", error.message);
+        assert!(error.message.ends_with("<redacted>…"), "{}", error.message);
+        let error = IbmError::from_response_parts(
+            "op",
+            400,
+            &HeaderMap::new(),
+            format!(r#"{{"code":"{secret}","transaction_id":"{secret}","message":"m"}}"#)
+                .as_bytes(),
+        )
+        .scrub(&[secret]);
+        assert!(!error.to_string().contains(secret), "{error}");
     }
 }

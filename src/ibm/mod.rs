@@ -10,6 +10,8 @@ mod budget;
 mod client;
 mod endpoints;
 mod error;
+#[cfg(test)]
+mod garbage_tests;
 mod model;
 mod paging;
 mod retry;
@@ -19,7 +21,7 @@ mod transport;
 pub use crate::redact::SecretString;
 pub use api::IbmApi;
 pub use budget::BudgetStats;
-pub use client::{ClientConfig, IbmCloud};
+pub use client::IbmCloud;
 pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};
 pub use model::{
@@ -28,6 +30,7 @@ pub use model::{
 };
 pub use paging::next_page_url;
 pub use retry::{backoff, parse_epoch_reset, parse_retry_after};
+pub use transport::ClientConfig;
 
 /// Operation names used in errors and logs.
 pub const OP_TOKEN: &str = "exchange API key for IAM token";

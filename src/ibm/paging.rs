@@ -5,58 +5,53 @@ use std::collections::HashSet;
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 
-use super::client::IbmCloud;
 use super::endpoints::Endpoints;
 use super::error::{ErrorKind, IbmError};
 use super::model::ResourceList;
+use super::token::Authenticator;
 use super::transport::{Request, parse_json};
 use crate::redact::SecretString;
 
 /// Page size requested from the Resource Controller (the documented maximum).
 pub(super) const PAGE_LIMIT: &str = "100";
 /// Upper bound on pages followed in one listing: protects against a server that never ends.
-const MAX_PAGES: usize = 10_000;
+const MAX_PAGES: usize = 1_000;
 
-impl IbmCloud {
-    /// Follows `next_url` from `first` until the last page.
-    pub(super) async fn list_all<T: DeserializeOwned>(
-        &self,
-        api_key: &SecretString,
-        operation: &'static str,
-        endpoint: &'static str,
-        first: Url,
-    ) -> Result<Vec<T>, IbmError> {
-        let mut items = Vec::new();
-        let mut seen = HashSet::new();
-        let mut url = first.clone();
-        for _ in 0..MAX_PAGES {
-            let reply = self
-                .execute(
-                    &Request::get(operation, endpoint, url.clone()),
-                    Some(api_key),
-                )
-                .await?;
-            let page: ResourceList<T> = parse_json(operation, &reply)?;
-            items.extend(page.resources);
-            let Some(next) = page.next_url.filter(|n| !n.trim().is_empty()) else {
-                return Ok(items);
-            };
-            url = next_page_url(&self.inner.endpoints, &first, &next)
-                .map_err(|m| IbmError::new(operation, ErrorKind::InvalidResponse, m))?;
-            if !seen.insert(url.to_string()) {
-                return Err(IbmError::new(
-                    operation,
-                    ErrorKind::InvalidResponse,
-                    "pagination returned the same next_url twice",
-                ));
-            }
+/// Follows `next_url` from `first` until the last page.
+pub(super) async fn list_all<T: DeserializeOwned>(
+    auth: &Authenticator,
+    endpoints: &Endpoints,
+    api_key: &SecretString,
+    operation: &'static str,
+    endpoint: &'static str,
+    first: Url,
+) -> Result<Vec<T>, IbmError> {
+    let mut items = Vec::new();
+    let mut seen = HashSet::new();
+    let mut url = first.clone();
+    for _ in 0..MAX_PAGES {
+        let request = Request::get(operation, endpoint, url.clone());
+        let reply = auth.send(&request, api_key).await?;
+        let page: ResourceList<T> = parse_json(operation, &reply)?;
+        items.extend(page.resources);
+        let Some(next) = page.next_url.filter(|n| !n.trim().is_empty()) else {
+            return Ok(items);
+        };
+        url = next_page_url(endpoints, &first, &next)
+            .map_err(|m| IbmError::new(operation, ErrorKind::InvalidResponse, m))?;
+        if !seen.insert(url.to_string()) {
+            return Err(IbmError::new(
+                operation,
+                ErrorKind::InvalidResponse,
+                "pagination returned the same next_url twice",
+            ));
         }
-        Err(IbmError::new(
-            operation,
-            ErrorKind::InvalidResponse,
-            format!("more than {MAX_PAGES} pages"),
-        ))
     }
+    Err(IbmError::new(
+        operation,
+        ErrorKind::InvalidResponse,
+        format!("more than {MAX_PAGES} pages"),
+    ))
 }
 
 /// Where to get the next page. A relative `next_url` (what the Resource Controller sends) is

@@ -21,6 +21,10 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     half + Duration::from_nanos(jitter_nanos)
 }
 
+/// The longest wait a server hint is taken for: IBM's limits reset within the minute, so a longer
+/// hint is a broken header, and a bound keeps every time computed from it from overflowing.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(86_400);
+
 /// The server's requested wait, if any: `Retry-After` (delta seconds or HTTP date), else
 /// `X-RateLimit-Reset` (Unix epoch seconds) on a 429. Every RC response carries the rate-limit
 /// headers, so `X-RateLimit-Reset` alone only counts when the request was actually limited.
@@ -40,27 +44,36 @@ pub fn server_hint(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<
     None
 }
 
-/// `Retry-After: <seconds>` or `Retry-After: <HTTP-date>`; a date in the past means "now".
+/// `Retry-After: <seconds>` or `Retry-After: <HTTP-date>`; a date in the past means "now". At
+/// most [`MAX_SERVER_WAIT`].
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    if let Ok(seconds) = value.parse::<f64>()
+    let wait = if let Ok(seconds) = value.parse::<u64>() {
+        Duration::from_secs(seconds.min(MAX_SERVER_WAIT.as_secs()))
+    } else if let Ok(seconds) = value.parse::<f64>()
         && seconds.is_finite()
         && seconds >= 0.0
     {
-        return Some(Duration::from_secs_f64(seconds.min(86_400.0)));
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+        Duration::from_secs_f64(seconds.min(MAX_SERVER_WAIT.as_secs_f64()))
+    } else {
+        let date = httpdate::parse_http_date(value).ok()?;
+        date.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_SERVER_WAIT))
 }
 
-/// `X-RateLimit-Reset: <epoch seconds>` as a delay from `now`.
+/// `X-RateLimit-Reset: <epoch seconds>` as a delay from `now`, at most [`MAX_SERVER_WAIT`].
 pub fn parse_epoch_reset(value: &str, now: SystemTime) -> Option<Duration> {
     let epoch: u64 = value.trim().parse().ok()?;
-    let reset = UNIX_EPOCH + Duration::from_secs(epoch);
-    Some(reset.duration_since(now).unwrap_or(Duration::ZERO))
+    let Some(reset) = UNIX_EPOCH.checked_add(Duration::from_secs(epoch)) else {
+        return Some(MAX_SERVER_WAIT);
+    };
+    Some(
+        reset
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_SERVER_WAIT),
+    )
 }
 
 /// A small xorshift generator seeded from the clock and a counter: good enough for jitter, no
@@ -135,5 +148,30 @@ mod tests {
             server_hint(503, &headers, now),
             Some(Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn hints_that_would_overflow_time_are_bounded() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for value in [
+            "18446744073709551615",
+            "99999999999999999999",
+            "1e308",
+            "inf",
+        ] {
+            let wait = parse_retry_after(value, now);
+            assert!(
+                wait.is_none_or(|w| w <= MAX_SERVER_WAIT),
+                "{value}: {wait:?}"
+            );
+        }
+        assert_eq!(
+            parse_epoch_reset("18446744073709551615", now),
+            Some(MAX_SERVER_WAIT)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "18446744073709551615".parse().unwrap());
+        let hint = server_hint(429, &headers, now).unwrap();
+        assert!(now.checked_add(hint).is_some());
     }
 }

@@ -8,9 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::model::TokenResponse;
-use crate::redact::SecretString;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, Url};
@@ -18,15 +15,19 @@ use tracing::{debug, warn};
 
 use super::{
     OP_TOKEN,
-    client::IbmCloud,
     endpoints::Endpoints,
     error::{ErrorKind, IbmError},
-    transport::{Body, Request, RetryMode, parse_json},
+    model::TokenResponse,
+    transport::{Bearer, Body, Reply, Request, RetryMode, Transport, parse_json},
 };
+use crate::lock::lock;
+use crate::redact::SecretString;
 
 /// Tokens are treated as expired this long before their expiration (as all IBM SDKs do: some
 /// services reject tokens with only a few seconds left).
 pub const EXPIRY_WINDOW: Duration = Duration::from_secs(10);
+/// The longest lifetime a token is believed to have, whatever IAM says.
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 /// Refresh after this fraction of the lifetime has passed.
 pub const REFRESH_FRACTION: f64 = 0.8;
 /// After a failed refresh of a still-valid token, wait this long before trying again.
@@ -48,11 +49,15 @@ impl CachedToken {
         received: Instant,
         now_unix: i64,
     ) -> Option<Self> {
-        let lifetime_secs = response
-            .expires_in
-            .filter(|s| *s > 0)
-            .or_else(|| response.expiration.map(|e| e - now_unix).filter(|s| *s > 0))?;
-        let lifetime = Duration::from_secs(lifetime_secs as u64);
+        let lifetime_secs = response.expires_in.filter(|s| *s > 0).or_else(|| {
+            response
+                .expiration
+                .and_then(|e| e.checked_sub(now_unix))
+                .filter(|s| *s > 0)
+        })?;
+        // IAM tokens live an hour; a longer claim is capped so that no time computed from it
+        // overflows (and a token is never trusted for longer than a day).
+        let lifetime = Duration::from_secs(u64::try_from(lifetime_secs).ok()?).min(MAX_LIFETIME);
         Some(Self {
             token: response.access_token.clone(),
             refresh_at: received + lifetime.mul_f64(REFRESH_FRACTION),
@@ -85,9 +90,10 @@ pub(crate) struct TokenCache {
 impl TokenCache {
     /// The slot for one API key hash, created on first use.
     pub fn slot(&self, key_hash: &str) -> Slot {
-        // A poisoned map only means another thread panicked while inserting; the map is still valid.
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(key_hash.to_owned()).or_default().clone()
+        lock(&self.slots)
+            .entry(key_hash.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Drops the cached token for this key if it is still `rejected` (a concurrent caller may
@@ -103,14 +109,60 @@ impl TokenCache {
 
 /// The IAM grant for API keys (`POST /identity/token`, as IBM's SDK cores send it).
 const GRANT_TYPE_APIKEY: &str = "urn:ibm:params:oauth:grant-type:apikey";
-impl IbmCloud {
+/// Sends Resource Controller requests with the IAM token of their API key: the transport below,
+/// the token cache, and where IAM is.
+pub(super) struct Authenticator {
+    pub(super) transport: Transport,
+    tokens: TokenCache,
+    /// `POST {iam}/identity/token`.
+    token_url: Url,
+}
+
+impl Authenticator {
+    pub(super) fn new(transport: Transport, endpoints: &Endpoints) -> Self {
+        Self {
+            transport,
+            tokens: TokenCache::default(),
+            token_url: Endpoints::join(endpoints.iam(), &["identity", "token"]),
+        }
+    }
+
+    /// Sends `request` with the (cached) token of `api_key`. A 401 drops that token and sends
+    /// once more with a freshly exchanged one.
+    pub(super) async fn send(
+        &self,
+        request: &Request,
+        api_key: &SecretString,
+    ) -> Result<Reply, IbmError> {
+        let mut reauthenticated = false;
+        loop {
+            let token = self.token(api_key).await?;
+            let bearer = Bearer {
+                api_key,
+                token: &token,
+            };
+            match self.transport.execute(request, Some(bearer)).await {
+                Err(error) if error.kind == ErrorKind::Unauthorized && !reauthenticated => {
+                    debug!(
+                        operation = request.operation,
+                        transaction_id = error.transaction_id.as_deref(),
+                        "token rejected with 401; exchanging the API key again"
+                    );
+                    self.tokens.invalidate(&api_key.digest_hex(), &token).await;
+                    reauthenticated = true;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// A usable bearer token for this API key: cached, refreshed after 80 % of its lifetime, and
     /// exchanged at most once at a time per key (callers queue on the key's slot).
-    pub(super) async fn token(&self, api_key: &SecretString) -> Result<SecretString, IbmError> {
+    async fn token(&self, api_key: &SecretString) -> Result<SecretString, IbmError> {
         let key_hash = api_key.digest_hex();
-        let slot = self.inner.tokens.slot(&key_hash);
+        let slot = self.tokens.slot(&key_hash);
         let mut cached = slot.lock().await;
-        let now = self.now();
+        let now = self.transport.now();
         if let Some(token) = cached
             .as_ref()
             .filter(|c| !c.needs_refresh(now) && !c.is_expired(now))
@@ -149,16 +201,17 @@ impl IbmCloud {
             operation: OP_TOKEN,
             endpoint: "POST /identity/token",
             method: Method::POST,
-            url: Endpoints::join(self.inner.endpoints.iam(), &["identity", "token"]),
+            url: self.token_url.clone(),
             body: Body::Form(SecretString::new(form.query().unwrap_or_default())),
             retry: RetryMode::Idempotent,
             iam: true,
         };
         let reply = self
+            .transport
             .execute(&request, None)
             .await
             .map_err(|e| e.scrub(&[api_key.expose()]))?;
-        let received = self.now();
+        let received = self.transport.now();
         let response: TokenResponse = parse_json(OP_TOKEN, &reply)?;
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -232,5 +285,17 @@ mod tests {
         c.postpone_refresh(now);
         assert!(!c.needs_refresh(now));
         assert!(c.needs_refresh(t0 + Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn lifetimes_that_would_overflow_time_are_capped() {
+        let t0 = Instant::now();
+        let c = CachedToken::from_response(&response(Some(i64::MAX), None), t0, 0).unwrap();
+        assert!(c.is_expired(t0 + MAX_LIFETIME));
+        let c = CachedToken::from_response(&response(None, Some(i64::MAX)), t0, 0).unwrap();
+        assert!(!c.is_expired(t0));
+        assert!(
+            CachedToken::from_response(&response(None, Some(i64::MIN)), t0, i64::MAX).is_none()
+        );
     }
 }

@@ -1,8 +1,11 @@
-//! One request to IBM Cloud: the single HTTP exchange, and the retry loop around it (token,
-//! admission to the rate budget, 401 re-authentication, 429 pauses, transient retries, scrubbing
-//! of every secret the request carried from its error).
+//! One request to IBM Cloud: the single HTTP exchange, and the retry loop around it (admission to
+//! the rate budget, 429 pauses, transient retries, scrubbing of every secret the request carried
+//! from its error), with the counters of what was sent. Knows nothing of tokens: the caller hands
+//! in the bearer token, and `token` handles a 401 by exchanging the API key again.
 
-use std::sync::atomic::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -10,11 +13,65 @@ use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
-use super::client::{IbmCloud, LATENCY_BUCKETS};
+use super::budget::Budget;
 use super::error::{ErrorKind, IbmError};
 use super::retry;
 use crate::histogram::Histogram;
+use crate::lock::lock;
 use crate::redact::SecretString;
+
+/// Upper bounds (seconds) of the request latency buckets: IBM Cloud answers in tens to hundreds
+/// of milliseconds; the top buckets catch timeouts.
+const LATENCY_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Timeouts and retry policy.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Whole-request timeout (connect + send + response body).
+    pub request_timeout: Duration,
+    /// Retries after the first attempt for transient failures.
+    pub max_retries: u32,
+    /// Cap on any single wait, including a server's `Retry-After`.
+    pub max_backoff: Duration,
+    /// First exponential back-off step (doubled on every retry, with jitter).
+    pub initial_backoff: Duration,
+    /// Process-wide budget of IBM Cloud requests per second.
+    pub max_rps: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_retries: 4,
+            max_backoff: Duration::from_secs(30),
+            initial_backoff: Duration::from_millis(500),
+            max_rps: 10,
+        }
+    }
+}
+
+/// The largest response body read: a page of 100 resource keys is about 200 kB.
+pub(super) const MAX_BODY_BYTES: usize = 8 << 20;
+
+/// The HTTP client, the rate budget and the counters every request shares.
+pub(super) struct Transport {
+    http: reqwest::Client,
+    pub(super) config: ClientConfig,
+    budget: Budget,
+    counts: Mutex<BTreeMap<(String, String), u64>>,
+    latencies: Mutex<BTreeMap<String, Histogram>>,
+    token_exchanges: AtomicU64,
+    /// Test hook: milliseconds added to the monotonic clock used by the token cache.
+    clock_offset_ms: AtomicU64,
+}
+
+/// The credentials a Resource Controller request is sent with.
+#[derive(Clone, Copy)]
+pub(super) struct Bearer<'a> {
+    pub(super) api_key: &'a SecretString,
+    pub(super) token: &'a SecretString,
+}
 
 /// Whether a failed request may be sent again.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -58,17 +115,47 @@ impl Reply {
     }
 }
 
-impl IbmCloud {
-    /// Sends `request` with retries. With an API key, authenticates with its (cached) token; a 401
-    /// drops that token and retries once with a freshly exchanged one.
+impl Transport {
+    pub(super) fn new(config: ClientConfig) -> Result<Self, IbmError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .user_agent(concat!(
+                "ingestion-key-operator/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            // Never follow redirects: a redirect could carry the bearer token to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| {
+                IbmError::new(
+                    "build HTTP client",
+                    ErrorKind::InvalidEndpoint,
+                    error_chain(&e),
+                )
+            })?;
+        Ok(Self {
+            http,
+            budget: Budget::new(config.max_rps),
+            config,
+            counts: Mutex::new(BTreeMap::new()),
+            latencies: Mutex::new(BTreeMap::new()),
+            token_exchanges: AtomicU64::new(0),
+            clock_offset_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Sends `request` with retries, authenticated with `bearer` when given. A 401 is returned
+    /// as it is: the caller decides whether a fresh token is worth one more try.
     pub(super) async fn execute(
         &self,
         request: &Request,
-        api_key: Option<&SecretString>,
+        bearer: Option<Bearer<'_>>,
     ) -> Result<Reply, IbmError> {
-        let config = &self.inner.config;
+        let config = &self.config;
         let mut attempt = 0u32;
-        let mut reauthenticated = false;
+        let api_key = bearer.map(|b| b.api_key);
+        let token = bearer.map(|b| b.token);
         // Whose rate limit this request counts against: the API key of the call, or the one in
         // the form of a token exchange.
         let caller = match (&request.body, api_key) {
@@ -76,27 +163,10 @@ impl IbmCloud {
             _ => None,
         };
         loop {
-            let token = match api_key {
-                // Boxed: `token` may exchange, which calls `execute` again.
-                Some(key) => Some(Box::pin(self.token(key)).await?),
-                None => None,
-            };
             self.admit(request, caller.as_deref(), attempt).await?;
-            let (mut error, hint, retryable) = match self.send_once(request, token.as_ref()).await {
+            let (mut error, hint, retryable) = match self.send_once(request, token).await {
                 Ok(reply) if (200..300).contains(&reply.status) => return Ok(reply),
                 Ok(reply) => {
-                    if let (401, Some(key), Some(token), false) =
-                        (reply.status, api_key, token.as_ref(), reauthenticated)
-                    {
-                        debug!(
-                            operation = request.operation,
-                            transaction_id = reply.transaction_id(),
-                            "token rejected with 401; exchanging the API key again"
-                        );
-                        self.inner.tokens.invalidate(&key.digest_hex(), token).await;
-                        reauthenticated = true;
-                        continue;
-                    }
                     let hint = retry::server_hint(reply.status, &reply.headers, SystemTime::now());
                     let error = if request.iam {
                         IbmError::from_iam_response(reply.status, &reply.headers, &reply.body)
@@ -121,7 +191,7 @@ impl IbmCloud {
             // exchange, the API key in the form body (IAM's error bodies may echo it).
             let form_key = form_api_key(&request.body);
             let mut secrets: Vec<&str> = api_key.map(SecretString::expose).into_iter().collect();
-            secrets.extend(token.as_ref().map(SecretString::expose));
+            secrets.extend(token.map(SecretString::expose));
             secrets.extend(form_key.as_ref().map(SecretString::expose));
             if error.kind == ErrorKind::RateLimited
                 && let Some(caller) = &caller
@@ -130,8 +200,10 @@ impl IbmCloud {
                 let wait = hint.unwrap_or_else(|| {
                     retry::backoff(attempt, config.initial_backoff, config.max_backoff)
                 });
-                let until = SystemTime::now() + wait;
-                self.inner.budget.pause(caller, until);
+                let until = SystemTime::now()
+                    .checked_add(wait.min(retry::MAX_SERVER_WAIT))
+                    .unwrap_or_else(SystemTime::now);
+                self.budget.pause(caller, until);
                 error.retry_at = Some(until);
                 if wait > config.max_backoff {
                     return Err(error.scrub(&secrets));
@@ -168,7 +240,6 @@ impl IbmCloud {
         token: Option<&SecretString>,
     ) -> Result<Reply, (IbmError, bool)> {
         let mut builder = self
-            .inner
             .http
             .request(request.method.clone(), request.url.clone())
             .header(ACCEPT, "application/json");
@@ -194,7 +265,7 @@ impl IbmCloud {
                 .body(form.expose().to_owned()),
         };
         if request.iam {
-            self.inner.token_exchanges.fetch_add(1, Ordering::Relaxed);
+            self.token_exchanges.fetch_add(1, Ordering::Relaxed);
         }
         let started = Instant::now();
         let result = async {
@@ -204,14 +275,11 @@ impl IbmCloud {
                 .map_err(|e| (self.transport_error(request, &e), !e.is_connect()))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| (self.transport_error(request, &e), true))?;
+            let body = self.read_body(request, response).await?;
             Ok(Reply {
                 status,
                 headers,
-                body: body.to_vec(),
+                body,
             })
         }
         .await;
@@ -231,22 +299,120 @@ impl IbmCloud {
                 "error".to_owned()
             }
         };
-        let mut counts = self.inner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *counts
+        *lock(&self.counts)
             .entry((request.endpoint.to_owned(), outcome))
             .or_default() += 1;
-        drop(counts);
-        let mut latencies = self
-            .inner
-            .latencies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        latencies
+        lock(&self.latencies)
             .entry(request.endpoint.to_owned())
             .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS))
             .observe(started.elapsed());
-        drop(latencies);
         result
+    }
+
+    /// Waits for the request's slot in the process-wide budget, then checks that its API key is
+    /// not paused by a 429: a short pause is waited out (and a new slot taken, so that the calls
+    /// held by the pause do not all go at once when it ends); a long one, or one with no retry
+    /// left, fails at once with the time IBM named.
+    async fn admit(
+        &self,
+        request: &Request,
+        caller: Option<&str>,
+        attempt: u32,
+    ) -> Result<(), IbmError> {
+        loop {
+            self.budget.slot().await;
+            let Some(caller) = caller else {
+                return Ok(());
+            };
+            let now = SystemTime::now();
+            let Some(until) = self.budget.paused_until(caller, now) else {
+                return Ok(());
+            };
+            let left = until.duration_since(now).unwrap_or(Duration::ZERO);
+            if left > self.config.max_backoff || attempt > self.config.max_retries {
+                let mut error = IbmError::new(
+                    request.operation,
+                    ErrorKind::RateLimited,
+                    "not sent: IBM Cloud rate-limited this API key",
+                );
+                error.retry_at = Some(until);
+                return Err(error);
+            }
+            debug!(
+                operation = request.operation,
+                wait_ms = left.as_millis() as u64,
+                "waiting out an IBM Cloud rate-limit pause"
+            );
+            self.budget.wait_out(left).await;
+        }
+    }
+
+    /// Requests made so far by (endpoint template, status code or "error").
+    pub(super) fn request_counts(&self) -> Vec<((String, String), u64)> {
+        lock(&self.counts)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Latency of the requests made so far, by endpoint template.
+    pub(super) fn request_latencies(&self) -> Vec<(String, Histogram)> {
+        lock(&self.latencies)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// IAM token requests sent so far.
+    pub(super) fn token_exchanges(&self) -> u64 {
+        self.token_exchanges.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn budget_stats(&self) -> super::BudgetStats {
+        self.budget.stats()
+    }
+
+    /// The monotonic clock of the token cache (moved forward by the test hook).
+    pub(super) fn now(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    #[cfg(feature = "test-util")]
+    pub(super) fn advance_clock(&self, by: Duration) {
+        let millis = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.clock_offset_ms.fetch_add(millis, Ordering::Relaxed);
+    }
+
+    /// The response body, refused past [`MAX_BODY_BYTES`] (a broken proxy must not exhaust the
+    /// pod's memory).
+    async fn read_body(
+        &self,
+        request: &Request,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, (IbmError, bool)> {
+        let too_large = || {
+            let message = format!("response body larger than {MAX_BODY_BYTES} bytes");
+            let error = IbmError::new(request.operation, ErrorKind::InvalidResponse, message);
+            (error, true)
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| (self.transport_error(request, &e), true))?
+        {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport_error(&self, request: &Request, e: &reqwest::Error) -> IbmError {
@@ -264,7 +430,7 @@ impl IbmCloud {
                 ErrorKind::Timeout,
                 format!(
                     "no complete response within {:?}",
-                    self.inner.config.request_timeout
+                    self.config.request_timeout
                 ),
             )
         } else {
