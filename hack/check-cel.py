@@ -33,11 +33,11 @@ failure.
 import argparse
 import copy
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from script_support import pip_import, report
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_FILE = ROOT / "crds" / "ingestionkeyrequests.keysync.dev.yaml"
@@ -99,18 +99,7 @@ INVALID = [
 
 
 def celpy_module():
-    try:
-        import celpy  # noqa: F401
-    except ImportError:
-        print("hack/check-cel.py: installing cel-python with pip", file=sys.stderr)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "cel-python"],
-            check=True,
-            stdout=sys.stderr,
-        )
-    import celpy
-
-    return celpy
+    return pip_import("celpy", "cel-python", "hack/check-cel.py")
 
 
 def find_rules(schema, path=()):
@@ -400,10 +389,7 @@ def main():
         if passed == 0 and not failures:
             failures.append("no mutant was tried")
 
-    for failure in failures:
-        print(f"failed: {failure}", file=sys.stderr)
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return report(passed, failures)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,14 @@ is known to be on. Prints one line per failure, a table (manifest x version) and
 `N passed, M failed` line; exits 1 on any failure.
 """
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from script_support import pip_import, report
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = "charts/ingestion-key-operator"
@@ -46,19 +48,9 @@ NOT_MANIFESTS = {"seed.yaml"}
 
 
 def kubernetes_validate():
-    try:
-        import kubernetes_validate  # noqa: F401
-    except ImportError:
-        print("hack/check-k8s-schemas.py: installing kubernetes-validate with pip", file=sys.stderr)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "kubernetes-validate"],
-            check=True,
-            stdout=sys.stderr,
-        )
-    import kubernetes_validate
-    import kubernetes_validate.utils
-
-    return kubernetes_validate
+    kv = pip_import("kubernetes_validate", "kubernetes-validate", "hack/check-k8s-schemas.py")
+    importlib.import_module("kubernetes_validate.utils")
+    return kv
 
 
 def versions(kv):
@@ -167,10 +159,7 @@ def main():
     for note in skipped:
         print(f"note: {note}")
     print(f"canary (a Deployment with an unknown field) rejected by {canaries} of {len(chosen)} version(s)")
-    for failure in failures:
-        print(f"failed: {failure}", file=sys.stderr)
-    print(f"{passed} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return report(passed, failures)
 
 
 if __name__ == "__main__":

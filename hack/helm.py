@@ -14,23 +14,13 @@ Installs helm-python-sdk with pip when it cannot be imported.
 
 import argparse
 import json
-import subprocess
 import sys
+
+from script_support import pip_import
 
 
 def helm():
-    try:
-        import helm_python  # noqa: F401
-    except ImportError:
-        print("hack/helm.py: installing helm-python-sdk with pip", file=sys.stderr)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "helm-python-sdk"],
-            check=True,
-            stdout=sys.stderr,
-        )
-    import helm_python
-
-    return helm_python
+    return pip_import("helm_python", "helm-python-sdk", "hack/helm.py")
 
 
 def main():

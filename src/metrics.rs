@@ -115,58 +115,42 @@ impl Metrics {
     ) -> String {
         let mut out = String::new();
         render_requests(&mut out, requests);
-        header(
+        let by = |label: &str, counts: &BTreeMap<&'static str, u64>| -> Vec<(String, u64)> {
+            counts
+                .iter()
+                .map(|(value, count)| (format!("{label}=\"{value}\""), *count))
+                .collect()
+        };
+        family(
             &mut out,
-            "leader",
-            "gauge",
+            ("leader", "gauge"),
             "1 when this replica reconciles (it holds the leader lease), 0 while it stands by.",
+            [("", u8::from(self.leader.load(Ordering::Relaxed)))],
         );
-        let leader = u8::from(self.leader.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{PREFIX}_leader {leader}");
-        header(
+        family(
             &mut out,
-            "reconcile_total",
-            "counter",
+            ("reconcile_total", "counter"),
             "Reconciles of IngestionKeyRequests, by result.",
+            by("result", &lock(&self.reconciles)),
         );
-        for (result, count) in lock(&self.reconciles).iter() {
-            let _ = writeln!(
-                out,
-                "{PREFIX}_reconcile_total{{result=\"{result}\"}} {count}"
-            );
-        }
-        header(
+        family(
             &mut out,
-            "key_rotations_total",
-            "counter",
+            ("key_rotations_total", "counter"),
             "Resource keys replaced by a new one (rotation, move, role change, lost one-time value).",
+            [("", self.rotations.load(Ordering::Relaxed))],
         );
-        let rotations = self.rotations.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{PREFIX}_key_rotations_total {rotations}");
-        header(
+        family(
             &mut out,
-            "retired_key_deletions_total",
-            "counter",
+            ("retired_key_deletions_total", "counter"),
             "Deletions of replaced resource keys after their grace period, by result (failed ones are retried).",
+            by("result", &lock(&self.retired_key_deletions)),
         );
-        for (result, count) in lock(&self.retired_key_deletions).iter() {
-            let _ = writeln!(
-                out,
-                "{PREFIX}_retired_key_deletions_total{{result=\"{result}\"}} {count}"
-            );
-        }
-        header(
+        family(
             &mut out,
-            "reconcile_failures_total",
-            "counter",
+            ("reconcile_failures_total", "counter"),
             "Failed reconciles, by condition reason.",
+            by("reason", &lock(&self.failures)),
         );
-        for (reason, count) in lock(&self.failures).iter() {
-            let _ = writeln!(
-                out,
-                "{PREFIX}_reconcile_failures_total{{reason=\"{reason}\"}} {count}"
-            );
-        }
         header(
             &mut out,
             "reconcile_duration_seconds",
@@ -178,19 +162,18 @@ impl Metrics {
             &format!("{PREFIX}_reconcile_duration_seconds"),
             "",
         );
-        header(
+        family(
             &mut out,
-            "ibm_requests_total",
-            "counter",
+            ("ibm_requests_total", "counter"),
             "Requests to IBM Cloud (IAM and Resource Controller), by endpoint and HTTP status.",
+            ibm_requests.iter().map(|((endpoint, status), count)| {
+                let endpoint = escape_label(endpoint);
+                (
+                    format!("endpoint=\"{endpoint}\",status=\"{status}\""),
+                    *count,
+                )
+            }),
         );
-        for ((endpoint, status), count) in ibm_requests {
-            let endpoint = escape_label(endpoint);
-            let _ = writeln!(
-                out,
-                "{PREFIX}_ibm_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {count}"
-            );
-        }
         header(
             &mut out,
             "ibm_request_duration_seconds",
@@ -202,27 +185,17 @@ impl Metrics {
             let labels = format!("endpoint=\"{}\",", escape_label(endpoint));
             histogram.render(&mut out, &name, &labels);
         }
-        header(
+        family(
             &mut out,
-            "ibm_budget_delayed_requests_total",
-            "counter",
+            ("ibm_budget_delayed_requests_total", "counter"),
             "IBM Cloud requests that waited for the process-wide rate budget (--ibm-max-rps).",
+            [("", budget.delayed_requests)],
         );
-        let _ = writeln!(
-            out,
-            "{PREFIX}_ibm_budget_delayed_requests_total {}",
-            budget.delayed_requests
-        );
-        header(
+        family(
             &mut out,
-            "ibm_rate_limit_paused_seconds_total",
-            "counter",
+            ("ibm_rate_limit_paused_seconds_total", "counter"),
             "Seconds IBM Cloud requests waited because IBM Cloud answered 429 for their API key.",
-        );
-        let _ = writeln!(
-            out,
-            "{PREFIX}_ibm_rate_limit_paused_seconds_total {}",
-            budget.paused_millis as f64 / 1000.0
+            [("", budget.paused_millis as f64 / 1000.0)],
         );
         out
     }
@@ -293,23 +266,27 @@ type RequestGauge = (
 /// The per-request series: one Ready series per request (its status and reason as labels), key
 /// age, next rotation, retiring keys. Only the replica that reconciles has requests to show.
 pub fn render_requests(out: &mut String, requests: &[RequestSample]) {
-    header(
-        out,
-        "request_condition",
-        "gauge",
-        "1 for each request's Ready condition, with its status and reason as labels (one series per request).",
-    );
-    for r in requests {
-        let Some(ready) = r.ready else { continue };
-        let status = if ready { "True" } else { "False" };
-        let _ = writeln!(
-            out,
-            "{PREFIX}_request_condition{{namespace=\"{}\",name=\"{}\",condition=\"Ready\",status=\"{status}\",reason=\"{}\"}} 1",
+    let series = |r: &RequestSample| {
+        format!(
+            "namespace=\"{}\",name=\"{}\"",
             escape_label(&r.namespace),
-            escape_label(&r.name),
-            escape_label(&r.reason)
-        );
-    }
+            escape_label(&r.name)
+        )
+    };
+    family(
+        out,
+        ("request_condition", "gauge"),
+        "1 for each request's Ready condition, with its status and reason as labels (one series per request).",
+        requests.iter().filter_map(|r| {
+            let status = if r.ready? { "True" } else { "False" };
+            let reason = escape_label(&r.reason);
+            let labels = format!(
+                "{},condition=\"Ready\",status=\"{status}\",reason=\"{reason}\"",
+                series(r)
+            );
+            Some((labels, 1))
+        }),
+    );
     let gauges: [RequestGauge; 5] = [
         (
             "request_condition_last_transition_timestamp_seconds",
@@ -338,17 +315,27 @@ pub fn render_requests(out: &mut String, requests: &[RequestSample]) {
         ),
     ];
     for (name, help, value) in gauges {
-        header(out, name, "gauge", help);
-        for r in requests {
-            if let Some(v) = value(r) {
-                let _ = writeln!(
-                    out,
-                    "{PREFIX}_{name}{{namespace=\"{}\",name=\"{}\"}} {v}",
-                    escape_label(&r.namespace),
-                    escape_label(&r.name)
-                );
-            }
-        }
+        let samples = requests.iter().filter_map(|r| Some((series(r), value(r)?)));
+        family(out, (name, "gauge"), help, samples);
+    }
+}
+
+/// One metric family: its HELP and TYPE lines, then a sample per (labels, value); empty labels
+/// write the bare name.
+fn family<L: AsRef<str>, V: std::fmt::Display>(
+    out: &mut String,
+    (name, kind): (&str, &str),
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) {
+    header(out, name, kind, help);
+    for (labels, value) in samples {
+        let labels = labels.as_ref();
+        let _ = if labels.is_empty() {
+            writeln!(out, "{PREFIX}_{name} {value}")
+        } else {
+            writeln!(out, "{PREFIX}_{name}{{{labels}}} {value}")
+        };
     }
 }
 

@@ -6,7 +6,8 @@ use sha2::{Digest, Sha256};
 
 /// Holds a secret value. `Debug` and `Display` print `<redacted>`, so the value cannot reach a log
 /// line, an event or an error message by accident; [`SecretString::expose`] is the one way out.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(transparent)]
 pub struct SecretString(String);
 
 impl SecretString {
@@ -61,12 +62,6 @@ impl From<String> for SecretString {
 impl From<&str> for SecretString {
     fn from(value: &str) -> Self {
         Self(value.to_owned())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SecretString {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self)
     }
 }
 

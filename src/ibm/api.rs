@@ -56,58 +56,31 @@ pub trait IbmApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<KeyDeletion, IbmError>>;
 }
 
+/// Implements [`IbmApi`] operations by forwarding each to the method of the same name on another
+/// value (`this => expression`), boxed: for [`IbmCloud`] itself and for test wrappers that change
+/// only some operations.
+#[macro_export]
+macro_rules! forward_ibm_api {
+    ($this:ident => $target:expr; $($op:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {$(
+        fn $op<'a>(
+            &'a self,
+            api_key: &'a $crate::redact::SecretString,
+            $($arg: &'a $ty),*
+        ) -> $crate::ibm::BoxFuture<'a, Result<$out, $crate::ibm::IbmError>> {
+            let $this = self;
+            Box::pin($target.$op(api_key, $($arg),*))
+        }
+    )*};
+}
+
+// Inherent methods win over trait methods in `this.op(..)`: these call the client's own operations.
 impl IbmApi for IbmCloud {
-    fn find_instances_by_name<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        query: &'a InstanceQuery,
-    ) -> BoxFuture<'a, Result<Vec<ResourceInstance>, IbmError>> {
-        Box::pin(IbmCloud::find_instances_by_name(self, api_key, query))
-    }
-
-    fn get_instance<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        guid_or_crn: &'a str,
-    ) -> BoxFuture<'a, Result<ResourceInstance, IbmError>> {
-        Box::pin(IbmCloud::get_instance(self, api_key, guid_or_crn))
-    }
-
-    fn find_keys_by_name<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        instance_guid: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<ResourceKey>, IbmError>> {
-        Box::pin(IbmCloud::find_keys_by_name(
-            self,
-            api_key,
-            instance_guid,
-            name,
-        ))
-    }
-
-    fn create_key<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        request: &'a CreateKeyRequest,
-    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>> {
-        Box::pin(IbmCloud::create_key(self, api_key, request))
-    }
-
-    fn get_key<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        guid_or_crn: &'a str,
-    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>> {
-        Box::pin(IbmCloud::get_key(self, api_key, guid_or_crn))
-    }
-
-    fn delete_key<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        guid_or_crn: &'a str,
-    ) -> BoxFuture<'a, Result<KeyDeletion, IbmError>> {
-        Box::pin(IbmCloud::delete_key(self, api_key, guid_or_crn))
+    forward_ibm_api! { this => this;
+        find_instances_by_name(query: InstanceQuery) -> Vec<ResourceInstance>;
+        get_instance(guid_or_crn: str) -> ResourceInstance;
+        find_keys_by_name(instance_guid: str, name: str) -> Vec<ResourceKey>;
+        create_key(request: CreateKeyRequest) -> ResourceKey;
+        get_key(guid_or_crn: str) -> ResourceKey;
+        delete_key(guid_or_crn: str) -> KeyDeletion;
     }
 }

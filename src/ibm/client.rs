@@ -90,6 +90,16 @@ impl IbmCloud {
         Ok(matches)
     }
 
+    /// One resource read by `request`, parsed as `T`.
+    async fn get_one<T: serde::de::DeserializeOwned>(
+        &self,
+        request: &Request,
+        api_key: &SecretString,
+    ) -> Result<T, IbmError> {
+        let reply = self.send(request, api_key).await?;
+        parse_json(request.operation, &reply)
+    }
+
     /// `GET /v2/resource_instances/{id}` with a GUID or CRN (encoded as one path segment).
     pub async fn get_instance(
         &self,
@@ -98,8 +108,7 @@ impl IbmCloud {
     ) -> Result<ResourceInstance, IbmError> {
         let url = self.rc_url(&["v2", "resource_instances", guid_or_crn]);
         let request = Request::get(OP_GET_INSTANCE, "GET /v2/resource_instances/{id}", url);
-        let reply = self.send(&request, api_key).await?;
-        parse_json(OP_GET_INSTANCE, &reply)
+        self.get_one(&request, api_key).await
     }
 
     /// Every key of one instance, any state (callers filter on [`ResourceKey::is_active`]).
@@ -174,8 +183,7 @@ impl IbmCloud {
     ) -> Result<ResourceKey, IbmError> {
         let url = self.rc_url(&["v2", "resource_keys", guid_or_crn]);
         let request = Request::get(OP_GET_KEY, "GET /v2/resource_keys/{id}", url);
-        let reply = self.send(&request, api_key).await?;
-        parse_json(OP_GET_KEY, &reply)
+        self.get_one(&request, api_key).await
     }
 
     /// `DELETE /v2/resource_keys/{id}`: 204 is `Deleted`, 404 and 410 are `AlreadyGone`.

@@ -24,6 +24,7 @@ pub use budget::BudgetStats;
 pub use client::IbmCloud;
 pub use endpoints::Endpoints;
 pub use error::{ErrorKind, IbmError};
+pub use futures::future::BoxFuture;
 pub use model::{
     CreateKeyRequest, CredentialError, Credentials, Crn, InstanceQuery, KeyDeletion,
     ResourceInstance, ResourceKey, ResourceList, TokenResponse, role_for_key,

@@ -12,10 +12,8 @@ use crate::redact::SecretString;
 /// `rows_count` is optional because the SDK pager fixtures omit it (platform-services-go-sdk's ResourceKeysPager test pages).
 #[derive(Clone, Debug, Deserialize)]
 pub struct ResourceList<T> {
-    #[serde(default)]
     pub rows_count: Option<u64>,
     /// Relative (`/v2/...?start=...`) or absolute; `null`/absent on the last page.
-    #[serde(default)]
     pub next_url: Option<String>,
     #[serde(default = "Vec::new")]
     pub resources: Vec<T>,
@@ -63,31 +61,19 @@ pub struct ResourceInstance {
     pub crn: String,
     pub name: String,
     pub state: String,
-    #[serde(default)]
     pub region_id: Option<String>,
-    #[serde(default)]
     pub resource_group_id: Option<String>,
-    #[serde(default)]
     pub account_id: Option<String>,
-    #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
     pub resource_id: Option<String>,
-    #[serde(default)]
     pub resource_plan_id: Option<String>,
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub instance_type: Option<String>,
-    #[serde(default)]
     pub created_at: Option<String>,
-    #[serde(default)]
     pub updated_at: Option<String>,
-    #[serde(default)]
     pub dashboard_url: Option<String>,
-    #[serde(default)]
     pub resource_keys_url: Option<String>,
-    #[serde(default)]
     pub onetime_credentials: Option<bool>,
-    #[serde(default)]
     pub locked: Option<bool>,
 }
 
@@ -111,29 +97,18 @@ pub struct ResourceKey {
     pub crn: String,
     pub name: String,
     pub state: String,
-    #[serde(default)]
     pub source_crn: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub credentials: Credentials,
-    #[serde(default)]
     pub account_id: Option<String>,
-    #[serde(default)]
     pub resource_group_id: Option<String>,
-    #[serde(default)]
     pub resource_id: Option<String>,
-    #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
     pub created_at: Option<String>,
-    #[serde(default)]
     pub updated_at: Option<String>,
-    #[serde(default)]
     pub deleted_at: Option<String>,
-    #[serde(default)]
     pub onetime_credentials: Option<bool>,
-    #[serde(default)]
     pub iam_compatible: Option<bool>,
-    #[serde(default)]
     pub resource_instance_url: Option<String>,
 }
 
@@ -268,17 +243,12 @@ pub enum KeyDeletion {
 #[derive(Clone, Debug, Deserialize)]
 pub struct TokenResponse {
     pub access_token: SecretString,
-    #[serde(default)]
     pub refresh_token: Option<SecretString>,
-    #[serde(default)]
     pub token_type: Option<String>,
     /// Lifetime in seconds.
-    #[serde(default)]
     pub expires_in: Option<i64>,
     /// Absolute expiry, Unix seconds.
-    #[serde(default)]
     pub expiration: Option<i64>,
-    #[serde(default)]
     pub scope: Option<String>,
 }
 

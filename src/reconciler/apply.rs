@@ -7,10 +7,7 @@ use std::time::Duration;
 use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
-use kube::{
-    Api, ResourceExt,
-    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
-};
+use kube::runtime::{controller::Action, events::EventType, reflector::ObjectRef};
 use tracing::info;
 
 use super::{
@@ -267,12 +264,7 @@ async fn in_sync_for(
     else {
         return Ok(None);
     };
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
-    let secret = api
-        .get_opt(&request.spec.secret.name)
-        .await
-        .map_err(ReconcileError::kube("read the Secret"))?;
+    let secret = secret::read(ctx, request).await?;
     let in_sync = secret.is_some_and(|s| plan::secret_in_sync(request, &s, &fingerprint));
     Ok(in_sync.then_some(wait))
 }

@@ -24,18 +24,25 @@ pub(super) enum SecretOutcome {
     Unchanged,
 }
 
+/// The request's Secret as it is now, whoever owns it.
+pub(super) async fn read(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+) -> Result<Option<Secret>, ReconcileError> {
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+    api.get_opt(&request.spec.secret.name)
+        .await
+        .map_err(ReconcileError::kube("read the Secret"))
+}
+
 /// The request's Secret as it is now, after checking that it can be ours: run before any key is
 /// created, so that a conflict never mints a key that could not be used.
 pub(super) async fn read_ours(
     ctx: &Context,
     request: &IngestionKeyRequest,
 ) -> Result<Option<Secret>, ReconcileError> {
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
-    let existing = api
-        .get_opt(&request.spec.secret.name)
-        .await
-        .map_err(ReconcileError::kube("read the Secret"))?;
+    let existing = read(ctx, request).await?;
     if let Some(secret) = &existing {
         check_ours(ctx, request, secret).await?;
     }

@@ -82,29 +82,11 @@ pub struct Wrapped {
 }
 
 impl IbmApi for Wrapped {
-    fn find_instances_by_name<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        query: &'a InstanceQuery,
-    ) -> BoxFuture<'a, Result<Vec<ResourceInstance>, IbmError>> {
-        Box::pin(self.inner.find_instances_by_name(api_key, query))
-    }
-
-    fn get_instance<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<ResourceInstance, IbmError>> {
-        Box::pin(self.inner.get_instance(api_key, id))
-    }
-
-    fn find_keys_by_name<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        instance_guid: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<ResourceKey>, IbmError>> {
-        Box::pin(self.inner.find_keys_by_name(api_key, instance_guid, name))
+    ingestion_key_operator::forward_ibm_api! { this => this.inner;
+        find_instances_by_name(query: InstanceQuery) -> Vec<ResourceInstance>;
+        get_instance(guid_or_crn: str) -> ResourceInstance;
+        find_keys_by_name(instance_guid: str, name: str) -> Vec<ResourceKey>;
+        get_key(guid_or_crn: str) -> ResourceKey;
     }
 
     fn create_key<'a>(
@@ -124,14 +106,6 @@ impl IbmApi for Wrapped {
             }
             result
         })
-    }
-
-    fn get_key<'a>(
-        &'a self,
-        api_key: &'a SecretString,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>> {
-        Box::pin(self.inner.get_key(api_key, id))
     }
 
     fn delete_key<'a>(
@@ -313,45 +287,19 @@ impl Harness {
 
     /// (guid, state) of the simulator's keys named `name`.
     pub fn keys_named(&self, name: &str) -> Vec<(String, String)> {
-        self.sim
-            .keys()
-            .into_iter()
-            .filter(|k| k.name == name)
-            .map(|k| (k.guid, k.state))
-            .collect()
+        support::env::sim_keys(&self.sim, |n| n == name)
     }
 
     pub fn active_keys_named(&self, name: &str) -> usize {
-        self.keys_named(name)
-            .iter()
-            .filter(|(_, s)| s == "active")
-            .count()
+        support::env::active(&self.keys_named(name))
     }
 
     pub async fn credential_of_field(&self, key_guid: &str, field: &str) -> String {
-        let key = self
-            .ibm
-            .get_key(&SecretString::new(MANAGER_KEY), key_guid)
-            .await
-            .expect("get key");
-        key.credentials
-            .field(field)
-            .expect("credential field")
-            .expose()
-            .to_owned()
+        support::env::credential(&self.ibm, key_guid, field).await
     }
 
     pub async fn credential_of(&self, key_guid: &str) -> String {
-        let key = self
-            .ibm
-            .get_key(&SecretString::new(MANAGER_KEY), key_guid)
-            .await
-            .expect("get key");
-        key.credentials
-            .field("ingestion_key")
-            .expect("ingestion key")
-            .expose()
-            .to_owned()
+        self.credential_of_field(key_guid, "ingestion_key").await
     }
 }
 

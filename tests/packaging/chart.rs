@@ -156,14 +156,7 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
             format!("--leader-election-namespace={ns}"),
         ]
     );
-    assert_eq!(
-        deployment_env(&objs, "IBMCLOUD_IAM_ENDPOINT")["value"],
-        "https://iam.cloud.ibm.com"
-    );
-    assert_eq!(
-        deployment_env(&objs, "IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT")["value"],
-        "https://resource-controller.cloud.ibm.com"
-    );
+    assert_endpoints(&objs, "https://");
     assert_eq!(
         deployment_env(&objs, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
@@ -174,19 +167,7 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "admin");
 
     // Applied for real; the API server accepts every object.
-    kubectl(
-        cp,
-        &[
-            "apply",
-            "--dry-run=server",
-            "--server-side",
-            "--field-manager=packaging-test",
-            "-f",
-            "-",
-        ],
-        Some(&for_the_test_server(&manifests)),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    dry_run_on_server(cp, &manifests);
     apply(cp, &manifests);
     let other = cp.namespace("chart-default-other").await;
     assert_operator_rights(
@@ -292,14 +273,7 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
             "--concurrency=4".into(),
         ]
     );
-    assert_eq!(
-        deployment_env(&objs, "IBMCLOUD_IAM_ENDPOINT")["value"],
-        "https://private.iam.cloud.ibm.com"
-    );
-    assert_eq!(
-        deployment_env(&objs, "IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT")["value"],
-        "https://private.resource-controller.cloud.ibm.com"
-    );
+    assert_endpoints(&objs, "https://private.");
     assert_eq!(deployment_env(&objs, "RUST_LOG")["value"], "debug");
     let container = &find(&objs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
@@ -458,19 +432,7 @@ async fn chart_network_policy_admits_only_the_named_scrapers_and_egress_to_dns_a
         json!({"ports": [{"port": 443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
         "HTTPS: IBM Cloud"
     );
-    kubectl(
-        cp,
-        &[
-            "apply",
-            "--dry-run=server",
-            "--server-side",
-            "--field-manager=packaging-test",
-            "-f",
-            "-",
-        ],
-        Some(&for_the_test_server(&manifests)),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    dry_run_on_server(cp, &manifests);
 
     // Nobody named: no ingress at all.
     let closed = objects(&render(
@@ -479,4 +441,22 @@ async fn chart_network_policy_admits_only_the_named_scrapers_and_egress_to_dns_a
         &json!({"networkPolicy": {"enabled": true}}),
     ));
     assert_eq!(find(&closed, "NetworkPolicy")["spec"]["ingress"], json!([]));
+}
+
+/// The Deployment points the operator at IBM Cloud's public or private endpoints (`https://`
+/// or `https://private.` before each host).
+fn assert_endpoints(objs: &[Value], prefix: &str) {
+    for (name, host) in [
+        ("IBMCLOUD_IAM_ENDPOINT", "iam.cloud.ibm.com"),
+        (
+            "IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT",
+            "resource-controller.cloud.ibm.com",
+        ),
+    ] {
+        assert_eq!(
+            deployment_env(objs, name)["value"],
+            format!("{prefix}{host}"),
+            "{name}"
+        );
+    }
 }

@@ -9,17 +9,12 @@ use crate::harness::*;
 #[tokio::test]
 async fn the_operator_works_with_only_the_rights_the_chart_grants() {
     let cp = support::control_plane();
-    install_crd(cp);
-    let operator_ns = cp.namespace("chart-run-operator").await;
-    let watched = cp.namespace("chart-run-watched").await;
-    let release = release_name("runs");
-    let manifests = render(
-        &release,
-        &operator_ns,
-        &json!({"watchNamespaces": [watched]}),
-    );
-    apply(cp, &manifests);
-    let token = service_account_token(cp, &operator_ns, &objects(&manifests)).await;
+    let ChartRun {
+        operator_ns,
+        watched,
+        release,
+        token,
+    } = ChartRun::install(cp, "chart-run").await;
     let kubeconfig = cp.kubeconfig_for_token(&release, &token);
 
     // With leader election, as the chart runs it: the Lease rights are the chart's too.
@@ -30,16 +25,7 @@ async fn the_operator_works_with_only_the_rights_the_chart_grants() {
     ];
     let env = fixtures::Env::in_namespace(watched, &kubeconfig, &lease_args).await;
     env.keep_secret(&token);
-    env.api_key_secret("ibmcloud-api-key", fixtures::MANAGER_KEY)
-        .await;
-    env.create_request(
-        "as-service-account",
-        json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}),
-    )
-    .await;
-    env.wait_ready("as-service-account").await;
-    env.secret_value("logdna-agent-key", "logdna-agent-key")
-        .await;
+    env.serve_first_request("as-service-account").await;
     assert!(env.has_event("SecretCreated").await, "events are published");
     env.delete_request("as-service-account").await;
     let requests = env.requests();

@@ -8,7 +8,6 @@ pub use test_support::env as fixtures;
 
 pub use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
@@ -41,23 +40,13 @@ pub fn helm(args: &[&str]) -> Result<String, String> {
 }
 
 pub fn run_python(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("python3")
-        .arg(root().join("hack/helm.py"))
-        .args(args)
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running python3 hack/helm.py: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "hack/helm.py {args:?} failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    support::output(
+        Command::new("python3")
+            .arg(root().join("hack/helm.py"))
+            .args(args)
+            .current_dir(root()),
+        None,
+    )
 }
 
 pub fn lint(values: &Value) {
@@ -108,32 +97,24 @@ pub fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
 }
 
 pub fn kubectl(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut cmd = cp.kubectl();
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    let mut child = cmd.spawn().map_err(|e| format!("running kubectl: {e}"))?;
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .map_err(|e| e.to_string())?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "kubectl {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    support::output(cp.kubectl().args(args), stdin)
+}
+
+/// `kubectl apply --dry-run=server`: the API server admits every object (schemas, CEL rules).
+pub fn dry_run_on_server(cp: &ControlPlane, manifests: &str) {
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--dry-run=server",
+            "--server-side",
+            "--field-manager=packaging-test",
+            "-f",
+            "-",
+        ],
+        Some(&for_the_test_server(manifests)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Drops what the 1.20 test server cannot serve: `policy/v1` PodDisruptionBudgets (1.21+; the
@@ -457,6 +438,37 @@ pub fn whole_numbers(value: Value) -> Value {
                 .collect(),
         ),
         other => other,
+    }
+}
+
+/// The chart installed (CRD, RBAC, ServiceAccount) to watch one namespace of its own, with its
+/// ServiceAccount's token: the operator then runs with exactly the rights the chart grants.
+pub struct ChartRun {
+    pub operator_ns: String,
+    pub watched: String,
+    pub release: String,
+    pub token: String,
+}
+
+impl ChartRun {
+    pub async fn install(cp: &ControlPlane, label: &str) -> Self {
+        install_crd(cp);
+        let operator_ns = cp.namespace(&format!("{label}-operator")).await;
+        let watched = cp.namespace(&format!("{label}-watched")).await;
+        let release = release_name(label);
+        let manifests = render(
+            &release,
+            &operator_ns,
+            &json!({"watchNamespaces": [watched]}),
+        );
+        apply(cp, &manifests);
+        let token = service_account_token(cp, &operator_ns, &objects(&manifests)).await;
+        Self {
+            operator_ns,
+            watched,
+            release,
+            token,
+        }
     }
 }
 

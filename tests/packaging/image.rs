@@ -235,17 +235,12 @@ fn the_image_holds_a_static_binary_the_ca_bundle_and_nothing_else() {
 async fn the_operator_runs_from_its_image_as_the_chart_service_account() {
     let Some(image) = image() else { return };
     let cp = support::control_plane();
-    install_crd(cp);
-    let operator_ns = cp.namespace("image-operator").await;
-    let watched = cp.namespace("image-watched").await;
-    let release = release_name("image");
-    let manifests = render(
-        &release,
-        &operator_ns,
-        &json!({"watchNamespaces": [watched]}),
-    );
-    apply(cp, &manifests);
-    let token = service_account_token(cp, &operator_ns, &objects(&manifests)).await;
+    let ChartRun {
+        operator_ns,
+        watched,
+        token,
+        ..
+    } = ChartRun::install(cp, "image").await;
 
     // The container: the image, plus the test API server's CA in the image's bundle.
     let ctr = image.container();
@@ -260,26 +255,9 @@ async fn the_operator_runs_from_its_image_as_the_chart_service_account() {
     // trusted through the image's bundle. (By address: the test server's self-signed certificate
     // names 127.0.0.1, not localhost.)
     let config_dir = tempdir("image-config");
-    let server = cp.server_url().to_string();
     std::fs::write(
         config_dir.join("kubeconfig"),
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: envtest
-  cluster:
-    server: {server}
-users:
-- name: operator
-  user:
-    token: {token}
-contexts:
-- name: envtest
-  context: {{cluster: envtest, user: operator, namespace: default}}
-current-context: envtest
-"
-        ),
+        cp.kubeconfig_text(&token, None),
     )
     .unwrap();
     {
@@ -337,16 +315,7 @@ current-context: envtest
     )
     .await;
     env.keep_secret(&token);
-    env.api_key_secret("ibmcloud-api-key", fixtures::MANAGER_KEY)
-        .await;
-    env.create_request(
-        "from-the-image",
-        json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}}),
-    )
-    .await;
-    env.wait_ready("from-the-image").await;
-    env.secret_value("logdna-agent-key", "logdna-agent-key")
-        .await;
+    env.serve_first_request("from-the-image").await;
     env.finish().await;
     let _ = std::fs::remove_dir_all(&config_dir);
 }

@@ -6,7 +6,8 @@ use sha2::{Digest, Sha256};
 
 /// Holds a secret value. `Debug` and `Display` print `<redacted>`; [`SimSecret::expose`] is the
 /// one way out.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(transparent)]
 pub struct SimSecret(String);
 
 impl SimSecret {
@@ -19,46 +20,27 @@ impl SimSecret {
         &self.0
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `sha256:` and the first 12 hex digits of the SHA-256 of the value (the operator's
-    /// fingerprint format, so both sides' logs can be compared).
+    /// The operator's fingerprint format (`sha256:` and 12 hex digits), so that both sides' logs
+    /// and status can be compared.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let hex: String = Sha256::digest(self.0.as_bytes())[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("sha256:{hex}")
     }
 }
 
+// One writer for both: the simulator's logs and panics must not show a secret either way.
 impl fmt::Debug for SimSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SimSecret(<redacted>)")
+        write!(f, "SimSecret({self})")
     }
 }
 
 impl fmt::Display for SimSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
-    }
-}
-
-impl From<String> for SimSecret {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl From<&str> for SimSecret {
-    fn from(value: &str) -> Self {
-        Self(value.to_owned())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SimSecret {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self)
     }
 }
 

@@ -405,7 +405,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
     let reply = {
         let mut world = lock(&shared.world);
         match route {
-            Route::Token => world.token(&parse_pairs(&String::from_utf8_lossy(&body)), &txn),
+            Route::Token => Ok(world.token(&parse_pairs(&String::from_utf8_lossy(&body)), &txn)),
             Route::ListInstances => world.list_instances(auth, &query, &txn),
             Route::GetInstance(id) => world.get_instance(auth, &id, &txn),
             Route::ListInstanceKeys(id) => world.list_instance_keys(auth, &id, &query, &txn),
@@ -413,19 +413,21 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             Route::CreateKey => world.create_key(auth, &body, &txn),
             Route::GetKey(id) => world.get_key(auth, &id, &txn),
             Route::DeleteKey(id) => world.delete_key(auth, &id, &txn),
-            Route::NotFound => Reply::rc_error(
+            Route::NotFound => Err(Reply::rc_error(
                 404,
                 "RC-NotFound",
                 format!("No route for {method} {path}"),
                 &txn,
-            ),
-            Route::MethodNotAllowed => Reply::rc_error(
+            )),
+            Route::MethodNotAllowed => Err(Reply::rc_error(
                 405,
                 "RC-MethodNotAllowed",
                 format!("Method {method} not allowed"),
                 &txn,
-            ),
+            )),
         }
+        // Handlers answer failures as `Err(reply)` so they can use `?`; both go out the same way.
+        .unwrap_or_else(|failure| failure)
     };
     tracing::debug!(%endpoint, status = reply.status, transaction_id = %txn, "simulator: handled request");
     if !verdict.response_delay.is_zero() {

@@ -342,16 +342,19 @@ impl ControlPlane {
             .any(|s| s.name == "kube-controller-manager")
     }
 
-    /// Writes a kubeconfig for another bearer token (e.g. a service account's) to `path`.
-    pub fn write_kubeconfig_to(&self, path: &Path, token: &str) -> Result<(), String> {
-        let text = format!(
+    /// A kubeconfig for a bearer token (e.g. a service account's) that trusts the API server
+    /// through `ca` (a file), or, with `None`, through the system's CA bundle.
+    pub fn kubeconfig_text(&self, token: &str, ca: Option<&Path>) -> String {
+        let ca = ca
+            .map(|ca| format!("\n    certificate-authority: {}", ca.display()))
+            .unwrap_or_default();
+        format!(
             "apiVersion: v1
 kind: Config
 clusters:
 - name: envtest
   cluster:
-    server: {server}
-    certificate-authority: {ca}
+    server: {server}{ca}
 users:
 - name: user
   user:
@@ -365,9 +368,12 @@ contexts:
 current-context: envtest
 ",
             server = self.server_url,
-            ca = self.ca_file.display(),
-        );
-        write(path, &text)
+        )
+    }
+
+    /// Writes a kubeconfig for another bearer token (e.g. a service account's) to `path`.
+    pub fn write_kubeconfig_to(&self, path: &Path, token: &str) -> Result<(), String> {
+        write(path, &self.kubeconfig_text(token, Some(&self.ca_file)))
     }
 
     /// Writes a kubeconfig for `token` into the control plane's directory and returns its path.

@@ -33,7 +33,9 @@ use std::time::Duration;
 
 pub use assets::{REFLECT2_MARK, assets_dir, usable_assets};
 pub use control_plane::{ControlPlane, Server, control_plane};
-pub use process::{free_port, process_alive, signal, spawn_supervised, wait_for, wait_gone};
+pub use process::{
+    free_port, output, process_alive, signal, spawn_supervised, wait_for, wait_gone,
+};
 
 /// How long a test waits for a condition of the control plane or the operator.
 pub const WAIT: Duration = Duration::from_secs(60);

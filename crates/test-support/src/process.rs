@@ -155,15 +155,36 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
+    output(cmd, None).map(drop)
+}
+
+/// Runs `cmd` to the end with `input` on its stdin (or none) and returns its stdout; a failure
+/// names the command and carries what it printed.
+pub fn output(cmd: &mut Command, input: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| format!("writing to {cmd:?}: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
         .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.success() {
-        Ok(())
+        Ok(stdout)
     } else {
         Err(format!(
-            "{cmd:?} failed: {}",
+            "{cmd:?} failed ({}): {stdout}{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         ))
     }

@@ -4,47 +4,32 @@ use super::*;
 
 impl World {
     /// `POST /v2/resource_keys` with `{name, source, role}`.
-    pub fn create_key(&mut self, auth: Option<&str>, body: &[u8], txn: &str) -> Reply {
-        let caller = match self.authenticate(auth, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
+    pub fn create_key(
+        &mut self,
+        auth: Option<&str>,
+        body: &[u8],
+        txn: &str,
+    ) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
         let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
-            return Reply::rc_error(
-                400,
-                "RC-BadRequest",
-                "Request body is not a JSON object",
-                txn,
-            );
+            return Err(bad_request("Request body is not a JSON object", txn));
         };
         let field = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
         let Some(name) = field("name") else {
-            return Reply::rc_error(
-                400,
-                "RC-BadRequest",
-                "Missing required property 'name'",
-                txn,
-            );
+            return Err(bad_request("Missing required property 'name'", txn));
         };
         if !valid_key_name(&name) {
-            return Reply::rc_error(
-                400,
-                "RC-BadRequest",
+            return Err(bad_request(
                 "Invalid name: it must be 180 characters or less and cannot include any special characters other than (space) - . _ :",
                 txn,
-            );
+            ));
         }
         let Some(source) = field("source") else {
-            return Reply::rc_error(
-                400,
-                "RC-BadRequest",
-                "Missing required property 'source'",
-                txn,
-            );
+            return Err(bad_request("Missing required property 'source'", txn));
         };
         let requested_role = field("role");
         if caller.platform_role < PlatformRole::Operator {
-            return Reply::rc_error(
+            return Err(Reply::rc_error(
                 403,
                 "RC-IamErrorResponse",
                 format!(
@@ -52,26 +37,24 @@ impl World {
                     caller.name
                 ),
                 txn,
-            );
+            ));
         }
         let Some(instance) = self.find_instance(&caller, &source) else {
-            return Reply::rc_error(
+            return Err(Reply::rc_error(
                 404,
                 "RC-NotFound",
                 format!("Source resource with id {source} not found"),
                 txn,
-            );
+            ));
         };
         if instance.state != "active" {
-            return Reply::rc_error(
-                400,
-                "RC-BadRequest",
+            return Err(bad_request(
                 format!(
                     "Instance {} is not active (state {})",
                     instance.guid, instance.state
                 ),
                 txn,
-            );
+            ));
         }
         // What IBM accepts: a base role name, or a role CRN: IAM's base service roles, or a role
         // of the instance's own service (Cloud Logs' Sender). Anything else is a 400.
@@ -80,12 +63,7 @@ impl World {
             Some(r) => match ServiceRole::parse_for_service(r, &instance.service) {
                 Some(parsed) => parsed,
                 None => {
-                    return Reply::rc_error(
-                        400,
-                        "RC-BadRequest",
-                        format!("Invalid role {r:?}"),
-                        txn,
-                    );
+                    return Err(bad_request(format!("Invalid role {r:?}"), txn));
                 }
             },
         };
@@ -108,7 +86,7 @@ impl World {
         tracing::info!(key = %key.guid, instance = %key.instance_guid, role = key.role.as_str(), "simulator: resource key created");
         let reply = Reply::json(201, self.key_json_revealing(&key, &caller, true));
         self.keys.push(key);
-        reply
+        Ok(reply)
     }
 
     fn find_key(&self, caller: &Caller, id: &str) -> Option<usize> {
@@ -118,57 +96,41 @@ impl World {
     }
 
     /// `GET /v2/resource_keys/{id}`: removed keys are still returned, with state `removed`.
-    pub fn get_key(&self, auth: Option<&str>, id: &str, txn: &str) -> Reply {
-        let caller = match self.authenticate(auth, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        match self.find_key(&caller, id) {
-            Some(i) => Reply::json(200, self.key_json(&self.keys[i], &caller)),
-            None => Reply::rc_error(
-                404,
-                "RC-NotFound",
-                format!("Resource key with id {id} not found"),
-                txn,
-            ),
-        }
+    pub fn get_key(&self, auth: Option<&str>, id: &str, txn: &str) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let index = self
+            .find_key(&caller, id)
+            .ok_or_else(|| key_not_found(id, txn))?;
+        Ok(Reply::json(200, self.key_json(&self.keys[index], &caller)))
     }
 
     /// `DELETE /v2/resource_keys/{id}`: 204, then 410 for a removed key, 404 for an unknown one.
-    pub fn delete_key(&mut self, auth: Option<&str>, id: &str, txn: &str) -> Reply {
-        let caller = match self.authenticate(auth, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        let Some(index) = self.find_key(&caller, id) else {
-            return Reply::rc_error(
-                404,
-                "RC-NotFound",
-                format!("Resource key with id {id} not found"),
-                txn,
-            );
-        };
+    pub fn delete_key(&mut self, auth: Option<&str>, id: &str, txn: &str) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let index = self
+            .find_key(&caller, id)
+            .ok_or_else(|| key_not_found(id, txn))?;
         if caller.platform_role < PlatformRole::Operator {
-            return Reply::rc_error(
+            return Err(Reply::rc_error(
                 403,
                 "RC-IamErrorResponse",
                 "Not authorized to delete resource keys (platform role Operator or higher required)",
                 txn,
-            );
+            ));
         }
         let key = &mut self.keys[index];
         if key.state == "removed" {
-            return Reply::rc_error(
+            return Err(Reply::rc_error(
                 410,
                 "RC-Gone",
                 "The resource was valid but was removed in a previous call",
                 txn,
-            );
+            ));
         }
         key.state = "removed".to_owned();
         key.deleted_at = Some(rfc3339(now_unix()));
         tracing::info!(key = %key.guid, "simulator: resource key deleted");
-        Reply::empty(204)
+        Ok(Reply::empty(204))
     }
 
     pub(super) fn key_crn(&self, key: &Key) -> String {
@@ -260,4 +222,17 @@ impl World {
             "resource_alias_url": null
         })
     }
+}
+
+fn key_not_found(id: &str, txn: &str) -> Reply {
+    Reply::rc_error(
+        404,
+        "RC-NotFound",
+        format!("Resource key with id {id} not found"),
+        txn,
+    )
+}
+
+fn bad_request(message: impl Into<String>, txn: &str) -> Reply {
+    Reply::rc_error(400, "RC-BadRequest", message, txn)
 }

@@ -37,7 +37,7 @@ impl World {
     }
 
     /// Reads `start` (a page token carrying the filters) or the filters themselves, and `limit`.
-    fn cursor(&self, query: &HashMap<String, String>, txn: &str) -> Result<(Cursor, usize), Reply> {
+    fn cursor(&self, query: &Query, txn: &str) -> Result<(Cursor, usize), Reply> {
         let limit = match query.get("limit") {
             None => self.page_size,
             Some(l) => match l.parse::<usize>() {
@@ -70,23 +70,15 @@ impl World {
     pub fn list_instances(
         &self,
         auth: Option<&str>,
-        query: &HashMap<String, String>,
+        query: &Query,
         txn: &str,
-    ) -> Reply {
-        let caller = match self.authenticate(auth, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        let (cursor, limit) = match self.cursor(query, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
+    ) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let (cursor, limit) = self.cursor(query, txn)?;
         let items = self
             .instances
             .iter()
-            .filter(|i| i.account_id == caller.account_id)
-            .filter(|i| cursor.name.as_ref().is_none_or(|n| &i.name == n))
-            .filter(|i| cursor.guid.as_ref().is_none_or(|g| &i.guid == g))
+            .filter(|i| i.account_id == caller.account_id && cursor.names(&i.name, &i.guid))
             .filter(|i| {
                 cursor
                     .resource_group_id
@@ -99,27 +91,19 @@ impl World {
             })
             .map(Instance::json)
             .collect();
-        Reply::json(
+        Ok(Reply::json(
             200,
             self.page("/v2/resource_instances", items, &cursor, limit),
-        )
+        ))
     }
 
     /// `GET /v2/resource_instances/{id}`.
-    pub fn get_instance(&self, auth: Option<&str>, id: &str, txn: &str) -> Reply {
-        let caller = match self.authenticate(auth, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        match self.find_instance(&caller, id) {
-            Some(instance) => Reply::json(200, instance.json()),
-            None => Reply::rc_error(
-                404,
-                "RC-NotFound",
-                format!("Instance with id {id} not found"),
-                txn,
-            ),
-        }
+    pub fn get_instance(&self, auth: Option<&str>, id: &str, txn: &str) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let instance = self
+            .find_instance(&caller, id)
+            .ok_or_else(|| instance_not_found(id, txn))?;
+        Ok(Reply::json(200, instance.json()))
     }
 
     /// `GET /v2/resource_instances/{id}/resource_keys` (any state, paged).
@@ -127,25 +111,14 @@ impl World {
         &self,
         auth: Option<&str>,
         id: &str,
-        query: &HashMap<String, String>,
+        query: &Query,
         txn: &str,
-    ) -> Reply {
-        let caller = match self.authenticate(auth, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        let Some(instance) = self.find_instance(&caller, id) else {
-            return Reply::rc_error(
-                404,
-                "RC-NotFound",
-                format!("Instance with id {id} not found"),
-                txn,
-            );
-        };
-        let (cursor, limit) = match self.cursor(query, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
+    ) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let instance = self
+            .find_instance(&caller, id)
+            .ok_or_else(|| instance_not_found(id, txn))?;
+        let (cursor, limit) = self.cursor(query, txn)?;
         let items = self
             .keys
             .iter()
@@ -153,34 +126,44 @@ impl World {
             .map(|k| self.key_json(k, &caller))
             .collect();
         let path = format!("/v2/resource_instances/{}/resource_keys", instance.guid);
-        Reply::json(200, self.page(&path, items, &cursor, limit))
+        Ok(Reply::json(200, self.page(&path, items, &cursor, limit)))
     }
 
     /// `GET /v2/resource_keys` (account-wide; `name` and `guid` filters).
-    pub fn list_keys(
-        &self,
-        auth: Option<&str>,
-        query: &HashMap<String, String>,
-        txn: &str,
-    ) -> Reply {
-        let caller = match self.authenticate(auth, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
-        let (cursor, limit) = match self.cursor(query, txn) {
-            Ok(c) => c,
-            Err(r) => return r,
-        };
+    pub fn list_keys(&self, auth: Option<&str>, query: &Query, txn: &str) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let (cursor, limit) = self.cursor(query, txn)?;
         let items = self
             .keys
             .iter()
-            .filter(|k| k.account_id == caller.account_id)
-            .filter(|k| cursor.name.as_ref().is_none_or(|n| &k.name == n))
-            .filter(|k| cursor.guid.as_ref().is_none_or(|g| &k.guid == g))
+            .filter(|k| k.account_id == caller.account_id && cursor.names(&k.name, &k.guid))
             .map(|k| self.key_json(k, &caller))
             .collect();
-        Reply::json(200, self.page("/v2/resource_keys", items, &cursor, limit))
+        Ok(Reply::json(
+            200,
+            self.page("/v2/resource_keys", items, &cursor, limit),
+        ))
     }
+}
+
+/// The query parameters of a request.
+type Query = HashMap<String, String>;
+
+impl Cursor {
+    /// Whether an item passes the `name` and `guid` filters.
+    fn names(&self, name: &str, guid: &str) -> bool {
+        self.name.as_deref().is_none_or(|n| n == name)
+            && self.guid.as_deref().is_none_or(|g| g == guid)
+    }
+}
+
+fn instance_not_found(id: &str, txn: &str) -> Reply {
+    Reply::rc_error(
+        404,
+        "RC-NotFound",
+        format!("Instance with id {id} not found"),
+        txn,
+    )
 }
 
 fn decode_cursor(token: &str) -> Option<Cursor> {

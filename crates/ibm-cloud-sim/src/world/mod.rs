@@ -292,7 +292,7 @@ impl World {
                 )));
             }
             for key in &account.api_keys {
-                if key.key.is_empty() || world.callers.contains_key(key.key.expose()) {
+                if key.key.expose().is_empty() || world.callers.contains_key(key.key.expose()) {
                     return Err(SimulatorError::Seed(format!(
                         "an API key of account {:?} is empty or duplicated",
                         account.id
@@ -442,7 +442,7 @@ impl World {
             .find(|i| i.guid == guid)?
             .ingestion_key
             .as_deref()
-            .map(SimSecret::from)
+            .map(SimSecret::new)
     }
 
     pub fn instances_summary(&self) -> Value {
@@ -453,7 +453,7 @@ impl World {
                     json!({
                         "guid": i.guid, "crn": i.crn(), "name": i.name, "service": i.service, "region": i.region,
                         "account_id": i.account_id, "state": i.state,
-                        "ingestion_key_fingerprint": i.ingestion_key.as_deref().map(|k| SimSecret::from(k).fingerprint()),
+                        "ingestion_key_fingerprint": i.ingestion_key.as_deref().map(|k| SimSecret::new(k).fingerprint()),
                     })
                 })
                 .collect(),
@@ -578,17 +578,23 @@ mod tests {
             .unwrap()
             .to_owned();
         let auth = format!("Bearer {token}");
-        let created = world.create_key(
-            Some(&auth),
-            br#"{"name": "k", "source": "g1", "role": "Manager"}"#,
-            "t",
-        );
+        let created = world
+            .create_key(
+                Some(&auth),
+                br#"{"name": "k", "source": "g1", "role": "Manager"}"#,
+                "t",
+            )
+            .unwrap_or_else(|failure| failure);
         assert_eq!(created.status, 201);
         let created = created.body.unwrap();
         assert_eq!(created["onetime_credentials"], true);
         assert!(created["credentials"]["ingestion_key"].is_string());
         let guid = created["guid"].as_str().unwrap().to_owned();
-        let read = world.get_key(Some(&auth), &guid, "t").body.unwrap();
+        let read = world
+            .get_key(Some(&auth), &guid, "t")
+            .unwrap_or_else(|failure| failure)
+            .body
+            .unwrap();
         assert_eq!(read["credentials"], json!({"REDACTED": "REDACTED"}));
         assert_eq!(world.instances[0].json()["onetime_credentials"], true);
     }
