@@ -18,6 +18,10 @@ mod controller;
 mod deletion;
 pub mod error;
 mod events;
+#[cfg(test)]
+mod fake_api_server;
+#[cfg(test)]
+mod fast_tests;
 mod instance;
 mod keys;
 pub mod plan;

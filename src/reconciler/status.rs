@@ -220,7 +220,9 @@ pub(super) async fn record_pending(
         instance: Some(Some(instance_status(instance))),
         ..StatusPatch::default()
     };
-    send(ctx, request, &status, None, "record pending key creation").await
+    // Conditional: a stale copy of the request (a lagging cache, a second leader) must not
+    // announce, and then create, a key the current version does not know about.
+    patch_checked(ctx, request, &status, "record pending key creation").await
 }
 
 /// Records, during deletion, that the request's keys are gone (it no longer needs the API key).

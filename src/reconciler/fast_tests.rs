@@ -1,0 +1,220 @@
+//! The fast tier: whole reconciles against the fake API server (in memory, over HTTP) and the IBM
+//! Cloud simulator (real HTTP), in `cargo test --lib`. For what a real API server adds nothing
+//! to: how many writes a sync costs, and which writes are conditional.
+
+use std::sync::Arc;
+
+use hyper::Method;
+use ibm_cloud_sim::{Seed, Simulator};
+use serde_json::json;
+
+use super::{Context, Settings, fake_api_server::FakeApiServer, reconcile};
+use crate::{
+    crd::{FINALIZER, IngestionKeyRequest},
+    ibm::{ClientConfig, Endpoints, IbmCloud},
+    metrics::Metrics,
+};
+
+const NS: &str = "fast";
+const API_KEY: &str = "fast-apikey-manager";
+const REQUEST: &str = "/apis/keysync.dev/v1alpha1/namespaces/fast/ingestionkeyrequests/agent";
+const SECRET: &str = "/api/v1/namespaces/fast/secrets/logdna-agent-key";
+const API_KEY_SECRET: &str = "/api/v1/namespaces/fast/secrets/ibmcloud-api-key";
+
+struct Fixture {
+    api: FakeApiServer,
+    sim: Simulator,
+    ctx: Arc<Context>,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let seed = Seed::from_yaml(&format!(
+            "accounts:\n  - id: acc\n    api_keys:\n      - {{key: {API_KEY}, platform_role: Editor, service_role: Manager}}\n    instances:\n      - {{name: my-activity-tracker, service: logdnaat, region: us-south}}\n"
+        ))
+        .expect("seed");
+        let sim = Simulator::start("127.0.0.1:0".parse().expect("address"), seed)
+            .await
+            .expect("simulator");
+        let endpoints = Endpoints::new(&sim.base_url(), &sim.base_url()).expect("endpoints");
+        let ibm = IbmCloud::new(endpoints, ClientConfig::default()).expect("client");
+        let api = FakeApiServer::start().await;
+        let settings = Settings {
+            namespaces: vec![NS.into()],
+            ..Settings::default()
+        };
+        let ctx = Context::new(api.client(), ibm, Arc::new(Metrics::default()), settings);
+        let encoded = base64(API_KEY);
+        api.put(
+            API_KEY_SECRET,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "ibmcloud-api-key", "namespace": NS},
+                   "data": {"apikey": encoded}}),
+        );
+        api.put(
+            REQUEST,
+            json!({"apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+                   "metadata": {"name": "agent", "namespace": NS},
+                   "spec": {"instance": {"name": "my-activity-tracker"},
+                            "apiKeySecretRef": {"name": "ibmcloud-api-key"}}}),
+        );
+        Self {
+            api,
+            sim,
+            ctx: Arc::new(ctx),
+        }
+    }
+
+    fn request(&self) -> IngestionKeyRequest {
+        let stored = self.api.get(REQUEST).expect("request stored");
+        serde_json::from_value(stored).expect("request parses")
+    }
+
+    /// Reconciles the request as stored now; the error's reason on failure.
+    async fn reconcile(&self) -> Result<(), &'static str> {
+        reconcile(Arc::new(self.request()), self.ctx.clone())
+            .await
+            .map(drop)
+            .map_err(|e| e.reason())
+    }
+
+    /// Reconciles until Ready (a reconcile may end early to be called again, as the controller
+    /// would on its own status write).
+    async fn sync(&self) {
+        for _ in 0..5 {
+            self.reconcile().await.expect("reconcile");
+            if self.ready() {
+                return;
+            }
+        }
+        panic!("not Ready after 5 reconciles: {:?}", self.api.get(REQUEST));
+    }
+
+    fn ready(&self) -> bool {
+        self.request()
+            .status
+            .as_ref()
+            .and_then(|s| s.ready())
+            .is_some_and(|c| c.status == "True")
+    }
+
+    /// Writes by kind of object, in order: `secrets`, `ingestionkeyrequests/status`, `events`...
+    fn writes(&self) -> Vec<String> {
+        self.api
+            .calls()
+            .into_iter()
+            .filter(|c| c.is_write())
+            .map(|c| {
+                let after = c
+                    .path
+                    .rsplit("/namespaces/fast/")
+                    .next()
+                    .unwrap_or_default();
+                let mut parts = after.split('/');
+                let kind = parts.next().unwrap_or_default().to_owned();
+                match parts.nth(1) {
+                    Some(sub) => format!("{} {kind}/{sub}", c.method),
+                    None => format!("{} {kind}", c.method),
+                }
+            })
+            .collect()
+    }
+
+    fn active_keys(&self) -> usize {
+        self.sim
+            .keys()
+            .iter()
+            .filter(|k| k.state == "active")
+            .count()
+    }
+}
+
+fn base64(text: &str) -> String {
+    use k8s_openapi::ByteString;
+    let encoded = serde_json::to_value(ByteString(text.as_bytes().to_vec())).expect("encodes");
+    encoded.as_str().unwrap_or_default().to_owned()
+}
+
+/// The first sync's writes, one by one: the finalizer, the API key Secret's hold, the pending
+/// record, the Secret, the key with Ready, and two events. A new write on this path shows up here
+/// before it shows up on a bill.
+#[tokio::test]
+async fn a_first_sync_costs_these_writes_and_no_more() {
+    let f = Fixture::new().await;
+    f.sync().await;
+    let writes = f.writes();
+    let events = writes.iter().filter(|w| w.ends_with(" events")).count();
+    let other: Vec<&str> = writes
+        .iter()
+        .filter(|w| !w.ends_with(" events"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        other,
+        [
+            "PATCH ingestionkeyrequests",        // the finalizer
+            "PATCH secrets",                     // the API key Secret's hold (once per Secret)
+            "PATCH ingestionkeyrequests/status", // the pending creation, before IBM Cloud is asked
+            "POST secrets",                      // the agents' Secret
+            "PATCH ingestionkeyrequests/status", // the key, the fingerprint, Ready
+        ],
+        "all writes: {writes:#?}"
+    );
+    assert_eq!(events, 2, "ResourceKeyCreated, SecretCreated: {writes:#?}");
+    assert_eq!(f.active_keys(), 1);
+    assert!(f.api.get(SECRET).is_some());
+}
+
+/// A refresh that finds the Secret in sync writes nothing, reads two Secrets and asks IBM Cloud
+/// nothing.
+#[tokio::test]
+async fn a_refresh_in_sync_writes_nothing() {
+    let f = Fixture::new().await;
+    f.sync().await;
+    f.api.forget_calls();
+    f.sim.reset_calls();
+    f.reconcile().await.expect("refresh");
+    assert_eq!(f.writes(), Vec::<String>::new());
+    let reads: Vec<String> = f.api.calls().into_iter().map(|c| c.path).collect();
+    assert_eq!(
+        reads,
+        [API_KEY_SECRET, SECRET],
+        "the API key and the Secret, read once each"
+    );
+    assert!(
+        f.sim.calls().values().all(|&n| n == 0),
+        "{:?}",
+        f.sim.calls()
+    );
+}
+
+/// The pending record is written only onto the version of the request the reconcile read: a
+/// reconcile working from a stale copy (a lagging cache after a restart, or a second leader)
+/// gets a conflict and creates no key, instead of creating one the fresher copy does not know.
+#[tokio::test]
+async fn a_stale_copy_of_the_request_creates_no_key() {
+    let f = Fixture::new().await;
+    f.api.edit(REQUEST, |request| {
+        request["metadata"]["finalizers"] = json!([FINALIZER]);
+    });
+    let stale = f.request();
+    // Someone else writes the request meanwhile (here: another replica's pending record).
+    f.api.edit(REQUEST, |request| {
+        request["status"]["pendingKeyCreation"] =
+            json!({"name": "other", "instanceGuid": "x", "startedAt": "2026-01-01T00:00:00Z"});
+    });
+    let before = f.sim.keys().len();
+    let outcome = reconcile(Arc::new(stale), f.ctx.clone()).await;
+    assert_eq!(
+        f.sim.keys().len(),
+        before,
+        "no key created from a stale copy: {:?}",
+        outcome.map_err(|e| e.reason())
+    );
+    let conflict = f
+        .api
+        .calls()
+        .into_iter()
+        .any(|c| c.method == Method::PATCH && c.status == 409);
+    assert!(conflict, "the write was refused as a conflict");
+}
