@@ -4,6 +4,8 @@
 //! Below everything else of the operator: it depends on no other module of ours, and every other
 //! module (the metrics included) reads its names and reasons from here.
 
+#[cfg(test)]
+mod garbage_tests;
 pub mod reason;
 mod spec;
 mod status;
