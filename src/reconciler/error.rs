@@ -149,13 +149,6 @@ impl ReconcileError {
     /// for a change to the request or its API key Secret). Derived from the reason alone, so that
     /// what the condition says ("retrying with back-off") and what the back-off does always agree.
     pub fn is_transient(&self) -> bool {
-        // An answer that is not what the API documents (a proxy's error page, a cut-off body) is
-        // reported as a rejected request, but retried soon: it passes more often than not.
-        if let Self::IbmRequestRejected { source, .. } = self
-            && source.kind() == ErrorKind::InvalidResponse
-        {
-            return true;
-        }
         reason::is_transient(self.reason())
     }
 
