@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     Context, ReconcileError, apply, deletion,
-    requeue::{PERMANENT, TRANSIENT, jitter},
+    requeue::{PERMANENT, TRANSIENT, WatchBackoff, jitter},
     status,
 };
 use crate::{
@@ -201,12 +201,15 @@ fn controller_for(
         api_in::<IngestionKeyRequest>(&ctx.client, scope),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .filter(relist_at_once)
     .modify(prune)
     .reflect(writer)
     .applied_objects();
+    // One back-off for all the streams of this controller (the controller pauses the merged
+    // stream after an error): short, and reset by the first answer.
     let controller = Controller::for_stream(requests_stream, store.clone())
-        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency));
+        .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
+        .trigger_backoff(WatchBackoff::default());
     let requests = store.clone();
     // API key Secrets are watched as metadata only and never cached: each event is mapped to
     // the requests that reference that Secret, so fixing a missing API key acts at once.
@@ -219,13 +222,22 @@ fn controller_for(
             .map(|r| ObjectRef::from_obj(&*r))
             .collect::<Vec<_>>()
     };
+    // Secrets as metadata only (`Api<PartialObjectMeta<_>>` asks for metadata, never data).
+    let owned_secrets = watcher(
+        api_in::<PartialObjectMeta<Secret>>(&ctx.client, scope),
+        managed_secrets,
+    )
+    .filter(relist_at_once)
+    .touched_objects();
+    let api_key_secrets = watcher(
+        api_in::<PartialObjectMeta<Secret>>(&ctx.client, scope),
+        watcher::Config::default(),
+    )
+    .filter(relist_at_once)
+    .touched_objects();
     let running = controller
-        .owns(api_in::<Secret>(&ctx.client, scope), managed_secrets)
-        .watches(
-            api_in::<PartialObjectMeta<Secret>>(&ctx.client, scope),
-            watcher::Config::default(),
-            referencing,
-        )
+        .owns_stream(owned_secrets)
+        .watches_stream(api_key_secrets, referencing)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -237,6 +249,18 @@ fn controller_for(
         })
         .boxed();
     (running, store)
+}
+
+/// Whether a watch event goes on to the controller: not a `410 Gone` ("too old resource
+/// version"), after which the watcher relists by itself on its next poll. Passed on, it would
+/// count as one more failure and postpone that relist by the back-off, while requests created
+/// meanwhile wait unseen.
+fn relist_at_once<T>(event: &Result<T, watcher::Error>) -> std::future::Ready<bool> {
+    let gone = matches!(event, Err(watcher::Error::WatchError(status)) if status.code == 410);
+    if gone {
+        debug!("watch expired (410 Gone); relisting now");
+    }
+    std::future::ready(!gone)
 }
 
 /// Drops from a cached request what no reconcile reads.

@@ -1,5 +1,6 @@
-//! When a request is looked at again: the back-off after a failure, and the jitter that spreads
-//! refreshes so that requests created together do not call IBM Cloud in lock-step.
+//! When a request is looked at again: the back-off after a failure, the jitter that spreads
+//! refreshes so that requests created together do not call IBM Cloud in lock-step, and the pause
+//! of the watches after they fail to reach the API server.
 
 use std::{
     hash::{Hash, Hasher},
@@ -18,6 +19,33 @@ pub(super) const TRANSIENT: Backoff =
 pub(super) const PERMANENT: Backoff =
     Backoff::new(Duration::from_secs(300), Duration::from_secs(3600));
 
+/// Watches that cannot reach the API server pause from 250 ms, doubling, to at most 4 s; the
+/// first answer resets the pause. kube's default (800 ms to 30 s, reset after 120 s) left
+/// requests created after an API server restart unseen for minutes.
+pub(super) const WATCH: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
+
+/// [`WATCH`] as the controller's back-off of its watch streams (reset by the controller on every
+/// event that is not an error).
+#[derive(Default)]
+pub(super) struct WatchBackoff {
+    failures: u32,
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.failures = self.failures.saturating_add(1);
+        Some(WATCH.after(self.failures))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// Spreads requeues by up to +-10% so that many requests created together do not refresh in
 /// lock-step against IBM Cloud.
 pub(super) fn jitter(delay: Duration, key: &ObjectRef<IngestionKeyRequest>) -> Duration {
@@ -31,6 +59,17 @@ pub(super) fn jitter(delay: Duration, key: &ObjectRef<IngestionKeyRequest>) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watches_pause_briefly_and_start_again_from_the_shortest_pause() {
+        use kube::runtime::utils::Backoff as _;
+        let mut backoff = WatchBackoff::default();
+        let pauses: Vec<Duration> = backoff.by_ref().take(8).collect();
+        assert_eq!(pauses[0], Duration::from_millis(250));
+        assert_eq!(pauses[7], Duration::from_secs(4), "capped: {pauses:?}");
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(250)));
+    }
 
     #[test]
     fn backoff_grows_and_caps() {
