@@ -25,6 +25,9 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct AdminState {
     /// Set once the controller's caches have synced.
     pub ready: Arc<AtomicBool>,
+    /// Whether the API server answered the last probe: an outage makes the replica not ready
+    /// while it lasts.
+    pub api_server_answers: Arc<AtomicBool>,
     pub metrics: MetricsRenderer,
 }
 
@@ -60,6 +63,10 @@ fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>>
     }
     match request.uri().path() {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if !state.api_server_answers.load(Ordering::Acquire) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API server does not answer\n".into(),
+        ),
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -92,8 +99,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(AtomicBool::new(true));
         let state = AdminState {
             ready: ready.clone(),
+            api_server_answers: answers.clone(),
             metrics: Arc::new(|| "some_metric 1\n".to_string()),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -105,6 +114,15 @@ mod tests {
         assert_eq!(get("/healthz").await.unwrap().status(), 200);
         assert_eq!(get("/readyz").await.unwrap().status(), 503);
         ready.store(true, Ordering::Release);
+        assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        answers.store(false, Ordering::Release);
+        assert_eq!(
+            get("/readyz").await.unwrap().status(),
+            503,
+            "API server outage"
+        );
+        assert_eq!(get("/healthz").await.unwrap().status(), 200, "still alive");
+        answers.store(true, Ordering::Release);
         assert_eq!(get("/readyz").await.unwrap().status(), 200);
         assert_eq!(
             get("/metrics").await.unwrap().text().await.unwrap(),

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::FutureExt;
 use kube::{Api, CustomResourceExt, api::ListParams};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, AdminState},
@@ -182,7 +182,12 @@ async fn reconcile_when_leading(
         () = bounded(running, shutdown) => Ok(()),
         lost = elector.hold() => Err(CliError::LeadershipLost(lost)),
     };
+    // Reconciles in flight were dropped with `running` above: nothing acts for this replica now.
     metrics.set_leader(false);
+    if let Err(lost) = &result {
+        ready.store(false, Ordering::Release);
+        error!(error = %lost, "lost the leader lease; stopped reconciling and exiting to stand by again");
+    }
     if result.is_ok() {
         elector.release().await;
     }
@@ -285,24 +290,56 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
             )
         })
     };
-    let admin = admin::serve(
+    let api_server_answers = Arc::new(AtomicBool::new(true));
+    let probe = tokio::spawn(probe_api_server(
+        ctx.client.clone(),
+        api_server_answers.clone(),
+    ));
+    let admin = tokio::spawn(admin::serve(
         listener,
         AdminState {
             ready: ready.clone(),
+            api_server_answers,
             metrics: render,
         },
         shutdown.clone(),
-    );
+    ));
     let scope = if args.namespaces.is_empty() {
         "all namespaces".to_string()
     } else {
         args.namespaces.join(",")
     };
     info!(version = env!("CARGO_PKG_VERSION"), admin_addr = %args.admin_addr, namespaces = %scope, leader_elect = args.leader_elect, "starting ingestion-key-operator");
-    let (result, ()) = tokio::join!(reconcile_when_leading(ctx, elector, ready, shutdown), admin);
+    let result = reconcile_when_leading(ctx, elector, ready, shutdown).await;
+    // The admin server ends with the process, also when the lease is lost: the process exits so
+    // that the kubelet restarts it as a standby, instead of living on as a zombie that reports
+    // healthy and never stands for the lease again.
+    admin.abort();
+    probe.abort();
     result?;
     info!("stopped");
     Ok(())
+}
+
+/// How often, and how long at most, the API server is asked whether it answers.
+const API_SERVER_PROBE: Duration = Duration::from_secs(2);
+
+/// Keeps `answers` to whether the API server answers `GET /version`, so that `/readyz` reports an
+/// outage while it lasts (the watches and writes fail meanwhile; nothing is lost).
+async fn probe_api_server(client: kube::Client, answers: Arc<AtomicBool>) {
+    loop {
+        let answered = tokio::time::timeout(API_SERVER_PROBE, client.apiserver_version())
+            .await
+            .is_ok_and(|version| version.is_ok());
+        if answers.swap(answered, Ordering::AcqRel) != answered {
+            if answered {
+                info!("the API server answers again; ready");
+            } else {
+                warn!("the API server does not answer; not ready until it does");
+            }
+        }
+        tokio::time::sleep(API_SERVER_PROBE).await;
+    }
 }
 
 /// A [`reconciler::Shutdown`] that resolves on SIGTERM or Ctrl-C.

@@ -5,18 +5,23 @@
 //! on a graceful shutdown, release it so that a standby takes over without waiting for expiry.
 //! Every write carries the resourceVersion it read, so two candidates never both win.
 
-use std::time::Duration;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
-    jiff::{SignedDuration, Timestamp},
+    jiff::Timestamp,
 };
 use kube::{
     Api, Client,
     api::{PostParams, ResourceExt},
 };
 use tracing::{debug, info, warn};
+
+use crate::lock::lock;
 
 /// Timings. The defaults let a standby take over within about 12 s of a leader's death
 /// (expiry after at most 10 s, then the next try) and within about half a second of a graceful
@@ -47,7 +52,12 @@ pub struct Elector {
     name: String,
     identity: String,
     timings: LeaseTimings,
+    /// The lease record (holder, renewTime) as last seen, and when it was first seen so.
+    observed: Mutex<Option<(Observed, Instant)>>,
 }
+
+/// What identifies one renewal of a lease: a holder that renews changes its renewTime.
+type Observed = (Option<String>, Option<MicroTime>);
 
 /// Why a leader stopped holding its lease.
 #[derive(Debug, thiserror::Error)]
@@ -62,21 +72,17 @@ pub enum LeaseLost {
     },
 }
 
-/// Whether `identity` may take (or keep) a lease in the state `spec` at `now`: it is free, its
-/// holder let it expire, or it is already ours.
-pub fn may_take(spec: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
+/// Whether `identity` may take (or keep) a lease in the state `spec`, which this candidate has
+/// seen unchanged for `unchanged_for` (local monotonic time): it is free, its holder let it
+/// expire, or it is already ours. As client-go does, the holder's renewTime is never compared
+/// with the local wall clock: a skewed clock on either side must not steal a live lease.
+pub fn may_take(spec: &LeaseSpec, identity: &str, unchanged_for: Duration) -> bool {
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder.is_empty() || holder == identity {
         return true;
     }
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return true;
-    };
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    renewed
-        .0
-        .saturating_add(duration)
-        .is_ok_and(|expiry| expiry < now)
+    let duration = u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0);
+    unchanged_for > Duration::from_secs(duration)
 }
 
 /// The lease spec after `identity` takes or renews it at `now`.
@@ -109,6 +115,20 @@ impl Elector {
             name: name.to_owned(),
             identity,
             timings,
+            observed: Mutex::new(None),
+        }
+    }
+
+    /// How long the lease has shown the record in `spec` to this candidate.
+    fn unchanged_for(&self, spec: &LeaseSpec) -> Duration {
+        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let mut observed = lock(&self.observed);
+        match observed.as_ref() {
+            Some((seen, since)) if *seen == record => since.elapsed(),
+            _ => {
+                *observed = Some((record, Instant::now()));
+                Duration::ZERO
+            }
         }
     }
 
@@ -139,7 +159,7 @@ impl Elector {
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
-        if !may_take(&spec, &self.identity, now) {
+        if !may_take(&spec, &self.identity, self.unchanged_for(&spec)) {
             return Ok(false);
         }
         lease.spec = Some(taken(&spec, &self.identity, now, self.timings.duration));
@@ -158,7 +178,9 @@ impl Elector {
     /// Waits until this candidate holds the lease.
     pub async fn acquire(&self) {
         loop {
-            match self.try_take().await {
+            // A hung API server must not keep a standby from trying again.
+            let attempt = tokio::time::timeout(self.timings.duration, self.try_take());
+            match attempt.await.unwrap_or_else(|_| Ok(false)) {
                 Ok(true) => {
                     info!(lease = %self.name, identity = %self.identity, "acquired the leader lease");
                     return;
@@ -172,41 +194,51 @@ impl Elector {
         }
     }
 
-    /// Renews the lease until it is lost: taken by another, or not renewed in time (then another
-    /// replica may already lead, so this one must stop).
+    /// Renews the lease until it is lost: taken by another, or not renewed within the renew
+    /// deadline (lease duration minus one renewal period), counted on the local monotonic clock
+    /// from the start of the last successful renewal. Every attempt runs under what is left of
+    /// that deadline, so a hung API server cannot hold this past it: when it returns, the caller
+    /// stops acting before any standby may take the lease.
     pub async fn hold(&self) -> LeaseLost {
-        let mut renewed = tokio::time::Instant::now();
         let deadline = self
             .timings
             .duration
             .saturating_sub(self.timings.renew_every);
+        let mut renewed = Instant::now();
+        let mut last_error = String::from("no renewal attempted");
         loop {
-            tokio::time::sleep(self.timings.renew_every).await;
-            match self.try_take().await {
-                Ok(true) => renewed = tokio::time::Instant::now(),
-                Ok(false) => {
+            let left = deadline.saturating_sub(renewed.elapsed());
+            if left.is_zero() {
+                return LeaseLost::RenewFailed {
+                    name: self.name.clone(),
+                    seconds: renewed.elapsed().as_secs(),
+                    error: last_error,
+                };
+            }
+            tokio::time::sleep(self.timings.renew_every.min(left)).await;
+            let started = Instant::now();
+            let left = deadline.saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, self.try_take()).await {
+                Ok(Ok(true)) => renewed = started,
+                Ok(Ok(false)) => {
                     let holder = self.holder().await.unwrap_or_default();
                     return LeaseLost::TakenOver {
                         name: self.name.clone(),
                         holder,
                     };
                 }
-                Err(error) if renewed.elapsed() >= deadline => {
-                    return LeaseLost::RenewFailed {
-                        name: self.name.clone(),
-                        seconds: renewed.elapsed().as_secs(),
-                        error: error.to_string(),
-                    };
+                Ok(Err(error)) => {
+                    warn!(lease = %self.name, %error, "could not renew the leader lease; retrying");
+                    last_error = error.to_string();
                 }
-                Err(error) => {
-                    warn!(lease = %self.name, %error, "could not renew the leader lease; retrying")
-                }
+                Err(_) => last_error = "the renewal did not answer in time".to_owned(),
             }
         }
     }
 
     async fn holder(&self) -> Option<String> {
-        let lease = self.api.get_opt(&self.name).await.ok()??;
+        let read = tokio::time::timeout(self.timings.renew_every, self.api.get_opt(&self.name));
+        let lease = read.await.ok()?.ok()??;
         lease.spec?.holder_identity
     }
 
@@ -255,27 +287,40 @@ mod tests {
         }
     }
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     #[test]
     fn a_free_lease_may_be_taken() {
-        assert!(may_take(&LeaseSpec::default(), "me", at(0)));
+        assert!(may_take(&LeaseSpec::default(), "me", Duration::ZERO));
         let released = LeaseSpec {
             holder_identity: None,
             ..held_by("other", 0)
         };
-        assert!(may_take(&released, "me", at(1)));
+        assert!(may_take(&released, "me", Duration::ZERO));
     }
 
     #[test]
-    fn a_live_lease_of_another_is_respected_until_it_expires() {
+    fn a_live_lease_of_another_is_respected_until_seen_unchanged_for_its_duration() {
         let lease = held_by("other", 100);
-        assert!(!may_take(&lease, "me", at(105)));
-        assert!(!may_take(&lease, "me", at(110)), "valid up to its expiry");
-        assert!(may_take(&lease, "me", at(111)));
+        assert!(!may_take(&lease, "me", 5 * SECOND));
+        assert!(
+            !may_take(&lease, "me", 10 * SECOND),
+            "valid up to its expiry"
+        );
+        assert!(may_take(&lease, "me", 11 * SECOND));
+    }
+
+    #[test]
+    fn a_renew_time_far_in_the_past_by_our_clock_does_not_make_a_lease_expired() {
+        // The holder's clock runs an hour behind ours: its renewTime looks an hour old, but
+        // this candidate has only just seen it change.
+        let lease = held_by("other", -3600);
+        assert!(!may_take(&lease, "me", Duration::ZERO));
     }
 
     #[test]
     fn our_own_lease_is_renewed() {
-        assert!(may_take(&held_by("me", 100), "me", at(105)));
+        assert!(may_take(&held_by("me", 100), "me", Duration::ZERO));
     }
 
     #[test]
