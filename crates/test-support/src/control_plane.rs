@@ -52,8 +52,11 @@ pub struct ControlPlane {
     ca_file: PathBuf,
     server_url: String,
     admin_token: String,
-    servers: Vec<Server>,
+    /// Behind a lock: a fault test restarts a server through a shared reference.
+    servers: std::sync::Mutex<Vec<Server>>,
     namespaces: AtomicUsize,
+    /// How each server was started (program, then arguments), to start it again.
+    commands: std::sync::Mutex<Vec<(&'static str, Vec<std::ffi::OsString>)>>,
 }
 
 impl ControlPlane {
@@ -92,8 +95,9 @@ impl ControlPlane {
             ca_file: dir.join("certs").join("apiserver.crt"),
             server_url: String::new(),
             admin_token: format!("admin-{}", unique_suffix()),
-            servers: Vec::new(),
+            servers: std::sync::Mutex::default(),
             namespaces: AtomicUsize::new(0),
+            commands: std::sync::Mutex::default(),
             dir,
         };
         match cp.boot() {
@@ -202,11 +206,92 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after 5 s), keeps it down for `down_for`, then
+    /// starts it again on the same port and etcd and waits until it is ready.
+    pub fn restart_apiserver(&self, down_for: Duration) -> Result<(), String> {
+        let old = {
+            let mut servers = self.lock_servers();
+            let index = servers
+                .iter()
+                .position(|s| s.name == "kube-apiserver")
+                .ok_or("no kube-apiserver")?;
+            servers.remove(index)
+        };
+        // SIGTERM, then SIGKILL: a terminating kube-apiserver waits up to a minute for open
+        // watches to drain, which only slows the test without changing what the operator sees
+        // (its connections fail, and the server is gone for `down_for`).
+        crate::signal(old.pid, "-TERM");
+        if !crate::wait_gone(old.pid, Duration::from_secs(5)) {
+            crate::signal(old.pid, "-KILL");
+            if !crate::wait_gone(old.pid, Duration::from_secs(10)) {
+                return Err(format!("kube-apiserver (pid {}) did not stop", old.pid));
+            }
+        }
+        std::thread::sleep(down_for);
+        self.respawn("kube-apiserver")?;
+        // kube-controller-manager exits when it loses the API server: start it again too, once
+        // the API server is ready.
+        let died: Vec<&'static str> = {
+            let mut servers = self.lock_servers();
+            let dead: Vec<&'static str> = servers
+                .iter()
+                .filter(|s| !process_alive(s.pid))
+                .map(|s| s.name)
+                .collect();
+            servers.retain(|s| !dead.contains(&s.name));
+            dead
+        };
+        self.wait_ready(Instant::now() + START_TIMEOUT)?;
+        died.into_iter().try_for_each(|name| self.respawn(name))
+    }
+
+    /// Starts the server `name` again with the command it was first started with.
+    fn respawn(&self, name: &'static str) -> Result<(), String> {
+        let command = self
+            .commands
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, command)| command.clone())
+            .ok_or_else(|| format!("{name} was never started"))?;
+        let (program, args) = command.split_first().ok_or("an empty command")?;
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        self.spawn(name, cmd)
+    }
+
+    /// The pid of the server `name` (`etcd`, `kube-apiserver`).
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.lock_servers()
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.pid)
+    }
+
     /// Starts `cmd` under a watchdog (see [`spawn_supervised`]) and records the server's pid.
-    fn spawn(&mut self, name: &'static str, cmd: Command) -> Result<(), String> {
+    fn lock_servers(&self) -> std::sync::MutexGuard<'_, Vec<Server>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn spawn(&self, name: &'static str, cmd: Command) -> Result<(), String> {
+        let command = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(ToOwned::to_owned)
+            .collect();
+        let mut commands = self
+            .commands
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !commands.iter().any(|(n, _)| *n == name) {
+            commands.push((name, command));
+        }
+        drop(commands);
         let log = self.dir.join(format!("{name}.log"));
         let pid = spawn_supervised(name, &cmd, &log)?;
-        self.servers.push(Server { name, pid, log });
+        self.lock_servers().push(Server { name, pid, log });
         Ok(())
     }
 
@@ -217,7 +302,7 @@ impl ControlPlane {
             .arg("janitor")
             .arg(std::process::id().to_string())
             .arg(&self.dir)
-            .args(self.servers.iter().map(|s| s.pid.to_string()))
+            .args(self.lock_servers().iter().map(|s| s.pid.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -228,7 +313,7 @@ impl ControlPlane {
     }
 
     fn check_alive(&self) -> Result<(), String> {
-        match self.servers.iter().find(|s| !process_alive(s.pid)) {
+        match self.lock_servers().iter().find(|s| !process_alive(s.pid)) {
             Some(s) => Err(format!("{} (pid {}) exited during start-up", s.name, s.pid)),
             None => Ok(()),
         }
@@ -283,7 +368,7 @@ impl ControlPlane {
 
     fn log_tails(&self) -> String {
         let mut out = String::new();
-        for s in &self.servers {
+        for s in self.lock_servers().iter() {
             let text = std::fs::read_to_string(&s.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(15)..].join("\n");
@@ -293,7 +378,7 @@ impl ControlPlane {
     }
 
     fn kill_now(&self) {
-        for s in &self.servers {
+        for s in self.lock_servers().iter() {
             let _ = Command::new("kill")
                 .args(["-KILL", &s.pid.to_string()])
                 .stderr(Stdio::null())
@@ -331,15 +416,13 @@ impl ControlPlane {
     }
 
     /// The server processes (etcd, kube-apiserver, kube-controller-manager when present).
-    pub fn servers(&self) -> &[Server] {
-        &self.servers
+    pub fn servers(&self) -> Vec<Server> {
+        self.lock_servers().clone()
     }
 
     /// Whether kube-controller-manager runs (garbage collection, namespace deletion).
     pub fn has_controller_manager(&self) -> bool {
-        self.servers
-            .iter()
-            .any(|s| s.name == "kube-controller-manager")
+        self.pid_of("kube-controller-manager").is_some()
     }
 
     /// A kubeconfig for a bearer token (e.g. a service account's) that trusts the API server

@@ -176,6 +176,11 @@ impl Operator {
     }
 
     /// Whether this operator reports itself the leader (`ingestion_key_operator_leader 1`).
+    /// Whether the process ended by itself (it was started and is gone).
+    pub fn exited(&self) -> bool {
+        self.pid.is_some_and(|pid| !crate::process_alive(pid))
+    }
+
     pub async fn is_leader(&self) -> bool {
         self.metric("ingestion_key_operator_leader").await == 1.0
     }

@@ -1,0 +1,12 @@
+//! The fault tier: what a production control plane and a broken network do to the operator
+//! binary, on real parts (kube-apiserver and etcd of `test_support`, the IBM Cloud simulator over
+//! HTTP). Each test checks that nothing is lost or duplicated and how long recovery took.
+//!
+//! - `api_server`: the API server restarted under the operator (its own control plane, since the
+//!   test stops it); the watches expire (410 Gone) and must relist at once.
+//! - `lease`: a leader whose lease is taken stops acting and exits, to stand by again.
+//! - `ibm_garbage`: IBM Cloud answering bodies that are not its API: reported, then recovered.
+
+mod api_server;
+mod ibm_garbage;
+mod lease;
