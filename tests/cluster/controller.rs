@@ -131,12 +131,7 @@ async fn cloud_logs_request_copies_the_keys_api_key() {
     .await;
     let request = env.wait_ready("logs-agent").await;
     let key = request.status.unwrap().resource_key.unwrap();
-    let sim_key = env
-        .sim
-        .keys()
-        .into_iter()
-        .find(|k| k.guid == key.guid)
-        .unwrap();
+    let sim_key = env.sim.key(&key.guid).unwrap();
     assert_eq!(
         sim_key.role, "Sender",
         "sent as the logs service's role CRN, which IBM accepts"

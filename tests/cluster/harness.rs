@@ -343,6 +343,13 @@ pub fn spec_on(instance_guid: &str) -> serde_json::Value {
     })
 }
 
+/// [`spec_on`] the Activity Tracker instance with one more field.
+pub fn at_spec_with(field: &str, value: serde_json::Value) -> serde_json::Value {
+    let mut spec = spec_on(AT_GUID);
+    spec[field] = value;
+    spec
+}
+
 impl Harness {
     pub async fn events(&self, reason: &str) -> Vec<String> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
@@ -400,11 +407,7 @@ impl Harness {
 
     /// The simulator's record of key `guid`.
     pub fn sim_key(&self, guid: &str) -> ibm_cloud_sim::SimKey {
-        self.sim
-            .keys()
-            .into_iter()
-            .find(|k| k.guid == guid)
-            .expect("the key exists in the simulator")
+        self.sim.key(guid).expect("the key exists in the simulator")
     }
 
     /// The Secret `name`, which must exist.

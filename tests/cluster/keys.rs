@@ -96,9 +96,11 @@ async fn a_pending_creation_within_its_grace_is_waited_for() {
 #[tokio::test]
 async fn a_refused_creation_clears_its_pending_record() {
     let h = Harness::new("rec-refused").await;
-    let mut spec = spec_on(AT_GUID);
-    spec["resourceKey"] = serde_json::json!({"role": "NoSuchRole"});
-    h.create("at", spec).await;
+    h.create(
+        "at",
+        at_spec_with("resourceKey", serde_json::json!({"role": "NoSuchRole"})),
+    )
+    .await;
     let error = h.reconcile("at").await.expect_err("IBM refuses the role");
     assert_eq!(error.reason(), reason::INVALID_SPEC);
     let status = h.get("at").await.status.unwrap();
@@ -217,9 +219,11 @@ async fn a_custom_named_key_that_exists_is_reused() {
         .create_key(&SecretString::new(MANAGER_KEY), &create)
         .await
         .unwrap();
-    let mut spec = spec_on(AT_GUID);
-    spec["resourceKey"] = serde_json::json!({"name": "team-key"});
-    h.create("at", spec).await;
+    h.create(
+        "at",
+        at_spec_with("resourceKey", serde_json::json!({"name": "team-key"})),
+    )
+    .await;
     h.sim.reset_calls();
     h.reconcile("at").await.expect("apply");
     assert_eq!(h.sim.call_count(CREATE), 0);

@@ -401,15 +401,7 @@ async fn a_rotation_killed_at_every_step_ends_with_one_key_and_the_old_one_delet
     )
     .await;
     env.operator.kill9();
-    assert_eq!(
-        env.sim
-            .keys()
-            .iter()
-            .find(|k| k.guid == old.guid)
-            .unwrap()
-            .state,
-        "active"
-    );
+    assert_eq!(env.sim.key(&old.guid).unwrap().state, "active");
 
     env.operator.start_again();
     wait_for(

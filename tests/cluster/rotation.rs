@@ -56,9 +56,11 @@ async fn a_rotation_by_annotation_replaces_the_key_in_the_ibm_order() {
 #[tokio::test]
 async fn a_replaced_key_lives_for_its_grace_period() {
     let h = Harness::new("rec-grace").await;
-    let mut spec = spec_on(AT_GUID);
-    spec["rotation"] = serde_json::json!({"gracePeriod": "1h"});
-    h.apply("at", spec).await;
+    h.apply(
+        "at",
+        at_spec_with("rotation", serde_json::json!({"gracePeriod": "1h"})),
+    )
+    .await;
     let old = key_guid(&h.get("at").await);
     h.annotate_rotate("at", "one").await;
     h.reconcile("at").await.expect("rotate");
@@ -298,12 +300,7 @@ async fn sender_on_a_cloud_logs_instance_is_sent_as_its_role_crn() {
         recorded.role,
         "crn:v1:bluemix:public:logs::::serviceRole:Sender"
     );
-    let key = h
-        .sim
-        .keys()
-        .into_iter()
-        .find(|k| k.guid == recorded.guid)
-        .unwrap();
+    let key = h.sim_key(&recorded.guid);
     assert_eq!(key.role, "Sender");
     let secret = h.secret("logs-agent").await;
     let data = secret.data.unwrap();
@@ -320,12 +317,7 @@ async fn a_role_change_replaces_the_key() {
     let new = h.get("at").await;
     assert_eq!(key_name(&new), format!("{}:r1", key_name(&old)));
     assert_eq!(status_of(&new).resource_key.unwrap().role, "Writer");
-    let key = h
-        .sim
-        .keys()
-        .into_iter()
-        .find(|k| k.guid == key_guid(&new))
-        .unwrap();
+    let key = h.sim_key(&key_guid(&new));
     assert_eq!(key.role, "Writer");
     h.reconcile("at").await.expect("retire");
     assert_eq!(h.state_of(&key_guid(&old)), "removed");

@@ -3,6 +3,17 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use test_support::{self as support, ControlPlane, env::Env};
 
+/// A control plane of the test's own (it stops its servers, which other tests must not see)
+/// with the operator binary watching one namespace on it.
+async fn on_own_control_plane(prefix: &str) -> (&'static ControlPlane, Env) {
+    let assets = support::assets_dir().expect("control-plane binaries");
+    let cp: &'static ControlPlane = Box::leak(Box::new(
+        ControlPlane::start(&assets).expect("a control plane of this test's own"),
+    ));
+    let ns = cp.namespace(prefix).await;
+    (cp, Env::on(cp, ns, cp.kubeconfig_path(), &[], None).await)
+}
+
 /// kube-apiserver stopped for 10 s and started again on the same etcd and port, as in an upgrade.
 /// The operator is not restarted. A request created once the API server answers again must be
 /// served within seconds: the watches come back with `410 Gone` and must relist at once, not
@@ -10,13 +21,7 @@ use test_support::{self as support, ControlPlane, env::Env};
 /// more failure). The request from before keeps exactly one key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_created_after_an_api_server_restart_are_served_within_seconds() {
-    let assets = support::assets_dir().expect("control-plane binaries");
-    // Its own control plane: the test stops the API server, which other tests must not see.
-    let cp: &'static ControlPlane = Box::leak(Box::new(
-        ControlPlane::start(&assets).expect("a control plane of this test's own"),
-    ));
-    let ns = cp.namespace("restart").await;
-    let env = Env::on(cp, ns, cp.kubeconfig_path(), &[], None).await;
+    let (cp, env) = on_own_control_plane("restart").await;
     env.serve_first_request("before").await;
 
     let restart =
@@ -67,12 +72,7 @@ async fn requests_created_after_an_api_server_restart_are_served_within_seconds(
 /// request ends Ready with exactly one active key, and no key name repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_pause_during_reconciles_loses_and_duplicates_nothing() {
-    let assets = support::assets_dir().expect("control-plane binaries");
-    let cp: &'static ControlPlane = Box::leak(Box::new(
-        ControlPlane::start(&assets).expect("a control plane of this test's own"),
-    ));
-    let ns = cp.namespace("etcd-pause").await;
-    let env = Env::on(cp, ns, cp.kubeconfig_path(), &[], None).await;
+    let (cp, env) = on_own_control_plane("etcd-pause").await;
     env.serve_first_request("before").await;
     // Slow IBM Cloud calls keep the batch's reconciles in flight when etcd stops.
     env.sim.set_faults(ibm_cloud_sim::Faults {

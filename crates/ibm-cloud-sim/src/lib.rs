@@ -405,6 +405,11 @@ impl Simulator {
         lock(&self.shared.world).sim_keys()
     }
 
+    /// The key with this GUID, in any state.
+    pub fn key(&self, guid: &str) -> Option<SimKey> {
+        self.keys().into_iter().find(|k| k.guid == guid)
+    }
+
     /// Adds an instance to an account; returns its GUID.
     pub fn add_instance(
         &self,
