@@ -352,12 +352,8 @@ pub fn at_spec_with(field: &str, value: serde_json::Value) -> serde_json::Value 
 
 impl Harness {
     pub async fn events(&self, reason: &str) -> Vec<String> {
-        let api: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.client.clone(), &self.ns);
-        api.list(&Default::default())
+        support::env::namespace_events(&self.client, &self.ns)
             .await
-            .expect("list events")
-            .items
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some(reason))
             .map(|e| e.note.unwrap_or_default())
