@@ -19,10 +19,13 @@ pub(super) const TRANSIENT: Backoff =
 pub(super) const PERMANENT: Backoff =
     Backoff::new(Duration::from_secs(300), Duration::from_secs(3600));
 
-/// Watches that cannot reach the API server pause from 250 ms, doubling, to at most 4 s; the
-/// first answer resets the pause. kube's default (800 ms to 30 s, reset after 120 s) left
+/// Watches that cannot reach the API server pause from 250 ms, doubling, to at most 1 s; the
+/// first answer resets the pause. Short, so that a watch resumes (and relists after `410 Gone`)
+/// within a second or two of the API server answering again (the kube client may fail one more
+/// attempt on a connection it had given up on), for about three connection attempts a second
+/// during an outage. kube's default (800 ms to 30 s, reset after 120 s) left
 /// requests created after an API server restart unseen for minutes.
-pub(super) const WATCH: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4));
+pub(super) const WATCH: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(1));
 
 /// [`WATCH`] as the controller's back-off of its watch streams (reset by the controller on every
 /// event that is not an error).
@@ -66,7 +69,7 @@ mod tests {
         let mut backoff = WatchBackoff::default();
         let pauses: Vec<Duration> = backoff.by_ref().take(8).collect();
         assert_eq!(pauses[0], Duration::from_millis(250));
-        assert_eq!(pauses[7], Duration::from_secs(4), "capped: {pauses:?}");
+        assert_eq!(pauses[7], Duration::from_secs(1), "capped: {pauses:?}");
         backoff.reset();
         assert_eq!(backoff.next(), Some(Duration::from_millis(250)));
     }

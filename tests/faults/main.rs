@@ -10,3 +10,4 @@
 mod api_server;
 mod ibm_garbage;
 mod lease;
+mod watch_expiry;

@@ -26,6 +26,7 @@ mod control_plane;
 pub mod env;
 pub mod operator;
 mod process;
+pub mod proxy;
 pub mod workloads;
 
 use std::path::PathBuf;

@@ -6,18 +6,16 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+mod access;
+mod faults;
 
 use crate::assets::assets_dir;
 use crate::process::{
     JANITOR, POLL, free_ports, process_alive, run, spawn_supervised, unique_suffix,
-    unique_temp_dir, wait_for, write,
+    unique_temp_dir, write,
 };
 
 /// How long the control plane may take to become ready.
@@ -57,6 +55,10 @@ pub struct ControlPlane {
     namespaces: AtomicUsize,
     /// How each server was started (program, then arguments), to start it again.
     commands: std::sync::Mutex<Vec<(&'static str, Vec<std::ffi::OsString>)>>,
+    /// `http://127.0.0.1:<port>` of etcd's client API.
+    etcd_url: String,
+    /// Flags added to kube-apiserver's (a fault test's own control plane).
+    apiserver_flags: Vec<String>,
 }
 
 impl ControlPlane {
@@ -88,6 +90,12 @@ impl ControlPlane {
 
     /// Starts a control plane from the binaries in `assets`.
     pub fn start(assets: &Path) -> Result<Self, String> {
+        Self::start_with(assets, &[])
+    }
+
+    /// Starts a control plane whose kube-apiserver also gets `apiserver_flags` (for example
+    /// `--watch-cache=false`, so that watches read etcd and a compaction expires them).
+    pub fn start_with(assets: &Path, apiserver_flags: &[&str]) -> Result<Self, String> {
         let dir = unique_temp_dir()?;
         let mut cp = ControlPlane {
             assets: assets.to_path_buf(),
@@ -98,6 +106,8 @@ impl ControlPlane {
             servers: std::sync::Mutex::default(),
             namespaces: AtomicUsize::new(0),
             commands: std::sync::Mutex::default(),
+            etcd_url: String::new(),
+            apiserver_flags: apiserver_flags.iter().map(|f| (*f).to_owned()).collect(),
             dir,
         };
         match cp.boot() {
@@ -143,6 +153,7 @@ impl ControlPlane {
         let [etcd_port, peer_port, api_port] = free_ports::<3>()?;
         self.server_url = format!("https://127.0.0.1:{api_port}");
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        self.etcd_url.clone_from(&etcd_url);
         let peer_url = format!("http://127.0.0.1:{peer_port}");
 
         let mut etcd = Command::new(self.assets.join("etcd"));
@@ -173,7 +184,8 @@ impl ControlPlane {
             .arg("--authorization-mode=RBAC")
             .arg(format!("--token-auth-file={}", tokens.display()))
             .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--allow-privileged=true");
+            .arg("--allow-privileged=true")
+            .args(&self.apiserver_flags);
         self.spawn("kube-apiserver", apiserver)?;
 
         // The apiserver writes its self-signed certificate (with the CA in the bundle) on start.
@@ -206,61 +218,6 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops kube-apiserver (SIGTERM, SIGKILL after 5 s), keeps it down for `down_for`, then
-    /// starts it again on the same port and etcd and waits until it is ready.
-    pub fn restart_apiserver(&self, down_for: Duration) -> Result<(), String> {
-        let old = {
-            let mut servers = self.lock_servers();
-            let index = servers
-                .iter()
-                .position(|s| s.name == "kube-apiserver")
-                .ok_or("no kube-apiserver")?;
-            servers.remove(index)
-        };
-        // SIGTERM, then SIGKILL: a terminating kube-apiserver waits up to a minute for open
-        // watches to drain, which only slows the test without changing what the operator sees
-        // (its connections fail, and the server is gone for `down_for`).
-        crate::signal(old.pid, "-TERM");
-        if !crate::wait_gone(old.pid, Duration::from_secs(5)) {
-            crate::signal(old.pid, "-KILL");
-            if !crate::wait_gone(old.pid, Duration::from_secs(10)) {
-                return Err(format!("kube-apiserver (pid {}) did not stop", old.pid));
-            }
-        }
-        std::thread::sleep(down_for);
-        self.respawn("kube-apiserver")?;
-        // kube-controller-manager exits when it loses the API server: start it again too, once
-        // the API server is ready.
-        let died: Vec<&'static str> = {
-            let mut servers = self.lock_servers();
-            let dead: Vec<&'static str> = servers
-                .iter()
-                .filter(|s| !process_alive(s.pid))
-                .map(|s| s.name)
-                .collect();
-            servers.retain(|s| !dead.contains(&s.name));
-            dead
-        };
-        self.wait_ready(Instant::now() + START_TIMEOUT)?;
-        died.into_iter().try_for_each(|name| self.respawn(name))
-    }
-
-    /// Starts the server `name` again with the command it was first started with.
-    fn respawn(&self, name: &'static str) -> Result<(), String> {
-        let command = self
-            .commands
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, command)| command.clone())
-            .ok_or_else(|| format!("{name} was never started"))?;
-        let (program, args) = command.split_first().ok_or("an empty command")?;
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        self.spawn(name, cmd)
-    }
-
     /// The pid of the server `name` (`etcd`, `kube-apiserver`).
     pub fn pid_of(&self, name: &str) -> Option<u32> {
         self.lock_servers()
@@ -269,13 +226,13 @@ impl ControlPlane {
             .map(|s| s.pid)
     }
 
-    /// Starts `cmd` under a watchdog (see [`spawn_supervised`]) and records the server's pid.
     fn lock_servers(&self) -> std::sync::MutexGuard<'_, Vec<Server>> {
         self.servers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Starts `cmd` under a watchdog (see [`spawn_supervised`]) and records the server's pid.
     fn spawn(&self, name: &'static str, cmd: Command) -> Result<(), String> {
         let command = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
@@ -384,200 +341,5 @@ impl ControlPlane {
                 .stderr(Stdio::null())
                 .status();
         }
-    }
-
-    /// The kubeconfig of the admin (token in `system:masters`), for `kubectl` and the operator.
-    pub fn kubeconfig_path(&self) -> &Path {
-        &self.kubeconfig
-    }
-
-    /// `https://127.0.0.1:<port>`.
-    pub fn server_url(&self) -> &str {
-        &self.server_url
-    }
-
-    pub fn admin_token(&self) -> &str {
-        &self.admin_token
-    }
-
-    /// The apiserver's self-signed certificate bundle, the CA of the kubeconfigs.
-    pub fn ca_file(&self) -> &Path {
-        &self.ca_file
-    }
-
-    /// The temporary directory of this control plane (logs, certificates, etcd data).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The directory the binaries come from.
-    pub fn assets_dir(&self) -> &Path {
-        &self.assets
-    }
-
-    /// The server processes (etcd, kube-apiserver, kube-controller-manager when present).
-    pub fn servers(&self) -> Vec<Server> {
-        self.lock_servers().clone()
-    }
-
-    /// Whether kube-controller-manager runs (garbage collection, namespace deletion).
-    pub fn has_controller_manager(&self) -> bool {
-        self.pid_of("kube-controller-manager").is_some()
-    }
-
-    /// A kubeconfig for a bearer token (e.g. a service account's) that trusts the API server
-    /// through `ca` (a file), or, with `None`, through the system's CA bundle.
-    pub fn kubeconfig_text(&self, token: &str, ca: Option<&Path>) -> String {
-        let ca = ca
-            .map(|ca| format!("\n    certificate-authority: {}", ca.display()))
-            .unwrap_or_default();
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: envtest
-  cluster:
-    server: {server}{ca}
-users:
-- name: user
-  user:
-    token: {token}
-contexts:
-- name: envtest
-  context:
-    cluster: envtest
-    user: user
-    namespace: default
-current-context: envtest
-",
-            server = self.server_url,
-        )
-    }
-
-    /// Writes a kubeconfig for another bearer token (e.g. a service account's) to `path`.
-    pub fn write_kubeconfig_to(&self, path: &Path, token: &str) -> Result<(), String> {
-        write(path, &self.kubeconfig_text(token, Some(&self.ca_file)))
-    }
-
-    /// Writes a kubeconfig for `token` into the control plane's directory and returns its path.
-    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> PathBuf {
-        let path = self.dir.join(format!("kubeconfig-{name}"));
-        self.write_kubeconfig_to(&path, token)
-            .unwrap_or_else(|e| panic!("{e}"));
-        path
-    }
-
-    /// A new admin client. Make one per test: a client belongs to the runtime it was made in.
-    pub async fn client(&self) -> kube::Client {
-        self.client_for(&self.kubeconfig).await
-    }
-
-    /// A new client from the kubeconfig at `path`.
-    pub async fn client_for(&self, path: &Path) -> kube::Client {
-        let kubeconfig = Kubeconfig::read_from(path)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
-        kube::Client::try_from(config).unwrap_or_else(|e| panic!("building a client: {e}"))
-    }
-
-    /// `kubectl --kubeconfig <admin kubeconfig>`.
-    pub fn kubectl(&self) -> Command {
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
-        cmd
-    }
-
-    /// The operator binary with `KUBECONFIG` pointing at the admin kubeconfig.
-    pub fn operator_command(&self) -> Command {
-        let mut cmd = Command::new(crate::operator_binary());
-        cmd.env("KUBECONFIG", &self.kubeconfig);
-        cmd
-    }
-
-    /// Installs (creates or replaces) `crd` and waits until it is Established. Idempotent, and
-    /// safe when several tests install the same CRD at once.
-    pub async fn install_crd(&self, crd: CustomResourceDefinition) {
-        let name = crd
-            .metadata
-            .name
-            .clone()
-            .expect("the CRD has a metadata.name");
-        let api: Api<CustomResourceDefinition> = Api::all(self.client().await);
-        let mut crd = crd;
-        crd.metadata.managed_fields = None;
-        crd.metadata.resource_version = None;
-        crd.status = None;
-        // Create, or replace what is there: server-side apply is not an option, because a 1.20
-        // API server refuses to apply a CRD carrying x-kubernetes-validations ("field not declared
-        // in schema"), while create and update accept it and drop the rules.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = match api.get_opt(&name).await {
-                Ok(None) => api.create(&PostParams::default(), &crd).await.map(|_| ()),
-                Ok(Some(existing)) => {
-                    let mut replacement = crd.clone();
-                    replacement.metadata.resource_version = existing.metadata.resource_version;
-                    api.replace(&name, &PostParams::default(), &replacement)
-                        .await
-                        .map(|_| ())
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => break,
-                // Concurrent installs conflict (409): look again.
-                Err(e) if attempt < 10 => {
-                    eprintln!("installing CRD {name} (attempt {attempt}): {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("installing CRD {name}: {e}"),
-            }
-        }
-        wait_for(
-            &format!("CRD {name} to be Established"),
-            Duration::from_secs(30),
-            || async {
-                api.get(&name)
-                    .await
-                    .ok()
-                    .and_then(|crd| crd.status)
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            },
-        )
-        .await;
-    }
-
-    /// Creates a fresh namespace `<prefix>-<n>-<pid>` and returns its name.
-    pub async fn namespace(&self, prefix: &str) -> String {
-        let n = self.namespaces.fetch_add(1, Ordering::SeqCst);
-        let suffix = format!("-{n}-{}", std::process::id());
-        let mut prefix: String = prefix
-            .chars()
-            .map(|c| c.to_ascii_lowercase())
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        prefix.truncate(63 - suffix.len());
-        let prefix = prefix.trim_matches('-');
-        let name = format!(
-            "{}{suffix}",
-            if prefix.is_empty() { "test" } else { prefix }
-        );
-        let api: Api<Namespace> = Api::all(self.client().await);
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name, "labels": { "test-harness": "true" } }
-        }))
-        .expect("namespace JSON");
-        api.create(&PostParams::default(), &ns)
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
-        name
     }
 }
