@@ -4,7 +4,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
-use test_support::{self as support, env::Env, wait_for};
+use serde_json::json;
+use test_support::env::{Env, Operator};
+use test_support::proxy::{Link, TcpProxy};
+use test_support::{self as support, WAIT, wait_for};
 
 /// A leader whose lease another replica holds (it judged the lease expired while this one was
 /// cut off) must stop reconciling and end the process, logged at error level, so that the
@@ -55,5 +58,111 @@ async fn a_leader_whose_lease_is_taken_stops_and_exits() {
             .any(|l| l.contains("ERROR") && l.contains("lost the leader lease")),
         "the loss is logged at error level"
     );
+    env.finish().await;
+}
+
+/// A leader cut off from the API server (a proxy in front of it swallows every byte, as a
+/// network partition does) while its reconciles still reach IBM Cloud: it must stop acting at
+/// its renew deadline, before the standby may take the lease, so that at no moment two replicas
+/// make IBM calls. Each replica reaches IBM Cloud through a proxy of its own, which tells when
+/// that replica last (and first) sent a request: the old leader's last must come before the new
+/// leader's first. Every request ends Ready with one key, served by the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_over() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("fencing").await;
+    let args = ["--leader-elect", "--leader-election-namespace", ns.as_str()];
+    let sim = test_support::env::simulator().await;
+    let (leader_api, leader_ibm, standby_ibm) = (
+        TcpProxy::start(cp.api_server_addr()).await,
+        TcpProxy::start(sim.addr()).await,
+        TcpProxy::start(sim.addr()).await,
+    );
+    let kubeconfig = cp.kubeconfig_through("fencing-leader", leader_api.addr());
+    let leader_url = format!("http://{}", leader_ibm.addr());
+    let env = Env::with_simulator(cp, ns.clone(), &kubeconfig, &args, None, sim, &leader_url).await;
+    wait_for("the first replica to lead", WAIT, || async {
+        env.operator.is_leader().await
+    })
+    .await;
+    env.serve_first_request("first").await;
+    let standby_url = format!("http://{}", standby_ibm.addr());
+    let standby = Operator::start(cp, cp.kubeconfig_path(), &ns, &standby_url, &args);
+    standby.wait_ready().await;
+    assert!(!standby.is_leader().await, "the second replica stands by");
+
+    // A batch in flight when the partition starts: IBM Cloud answers the instance lookup with
+    // 503, slowly, so the leader's reconciles keep retrying that read (no API server call
+    // between tries) until the leader stops them.
+    env.sim.set_faults(ibm_cloud_sim::Faults {
+        latency_ms: 300,
+        error_rate: 1.0,
+        matching: Some("GET /v2/resource_instances".into()),
+        ..ibm_cloud_sim::Faults::default()
+    });
+    let names: Vec<String> = (0..10).map(|i| format!("batch-{i}")).collect();
+    let before_batch = leader_ibm.last_sent();
+    for name in &names {
+        env.create_request(
+            name,
+            json!({"instance": {"name": "my-log-analysis"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": format!("{name}-key")}}),
+        )
+        .await;
+    }
+    wait_for(
+        "the leader to call IBM Cloud for the batch",
+        WAIT,
+        || async { leader_ibm.last_sent() > before_batch },
+    )
+    .await;
+    leader_api.set(Link::Blackhole);
+    let cut = Instant::now();
+
+    wait_for("the standby to lead", WAIT, || async {
+        standby.is_leader().await
+    })
+    .await;
+    let took_over = cut.elapsed();
+    env.sim.clear_faults();
+    wait_for("the cut-off leader to exit", WAIT, || async {
+        env.operator.exited()
+    })
+    .await;
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    let last_of_old = leader_ibm
+        .last_sent()
+        .expect("the old leader called IBM Cloud");
+    let first_of_new = standby_ibm
+        .first_sent()
+        .expect("the new leader called IBM Cloud");
+    println!(
+        "partition of the leader: its last IBM call {:?} after it began, the standby led {took_over:?} \
+         after it, and the new leader's first IBM call came {:?} after the old leader's last",
+        last_of_old.saturating_duration_since(cut),
+        first_of_new.saturating_duration_since(last_of_old),
+    );
+    assert!(
+        last_of_old < first_of_new,
+        "the old leader called IBM Cloud {:?} after the new leader began",
+        last_of_old.saturating_duration_since(first_of_new)
+    );
+    assert!(
+        env.operator
+            .logs()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("lost the leader lease")),
+        "the cut-off leader says at error level why it stopped"
+    );
+    for name in names.iter().chain(std::iter::once(&"first".to_owned())) {
+        assert_eq!(env.active_keys_of(name), 1, "{name}: exactly one key");
+    }
+    let mut key_names: Vec<String> = env.sim.keys().into_iter().map(|k| k.name).collect();
+    let all = key_names.len();
+    key_names.sort();
+    key_names.dedup();
+    assert_eq!(key_names.len(), all, "no key name repeats");
+    drop(standby);
     env.finish().await;
 }

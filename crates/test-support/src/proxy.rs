@@ -27,7 +27,7 @@ pub enum Link {
 pub struct TcpProxy {
     addr: SocketAddr,
     link: watch::Sender<Link>,
-    last_sent: Arc<Mutex<Option<Instant>>>,
+    sent: Arc<Mutex<Sent>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -38,15 +38,15 @@ impl TcpProxy {
             .expect("a loopback port for the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
         let (link, _) = watch::channel(Link::Open);
-        let last_sent = Arc::new(Mutex::new(None));
-        let (links, sent) = (link.clone(), last_sent.clone());
+        let sent = Arc::new(Mutex::new(Sent::default()));
+        let (links, all_sent) = (link.clone(), sent.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let mut link = links.subscribe();
                 if *link.borrow_and_update() == Link::Refused {
                     continue;
                 }
-                let sent = sent.clone();
+                let sent = all_sent.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
                         relay(client, server, link, sent).await;
@@ -57,7 +57,7 @@ impl TcpProxy {
         TcpProxy {
             addr,
             link,
-            last_sent,
+            sent,
             accept,
         }
     }
@@ -72,9 +72,29 @@ impl TcpProxy {
         self.link.send_replace(link);
     }
 
+    /// When the client first sent bytes that reached the server (`None`: never).
+    pub fn first_sent(&self) -> Option<Instant> {
+        lock(&self.sent).first
+    }
+
     /// When the client last sent bytes that reached the server (`None`: never).
     pub fn last_sent(&self) -> Option<Instant> {
-        *lock(&self.last_sent)
+        lock(&self.sent).last
+    }
+}
+
+/// When bytes from the client first and last reached the server.
+#[derive(Default)]
+struct Sent {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Sent {
+    fn now(&mut self) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
     }
 }
 
@@ -90,11 +110,11 @@ async fn relay(
     client: TcpStream,
     server: TcpStream,
     link: watch::Receiver<Link>,
-    last_sent: Arc<Mutex<Option<Instant>>>,
+    sent: Arc<Mutex<Sent>>,
 ) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let upstream = pump(client_read, server_write, link.clone(), Some(last_sent));
+    let upstream = pump(client_read, server_write, link.clone(), Some(sent));
     let downstream = pump(server_read, client_write, link, None);
     tokio::select! {
         () = upstream => {}
@@ -108,7 +128,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut link: watch::Receiver<Link>,
-    sent: Option<Arc<Mutex<Option<Instant>>>>,
+    sent: Option<Arc<Mutex<Sent>>>,
 ) {
     let mut buffer = vec![0_u8; 16 * 1024];
     loop {
@@ -131,7 +151,7 @@ async fn pump(
             return;
         }
         if let Some(sent) = &sent {
-            *lock(sent) = Some(Instant::now());
+            lock(sent).now();
         }
     }
 }
