@@ -9,7 +9,7 @@ CRD_FILE := crds/ingestionkeyrequests.keysync.dev.yaml
 # otherwise built once by hack/envtest-assets.sh and cached outside the repository.
 ASSETS_SCRIPT := hack/envtest-assets.sh
 
-.PHONY: build assets test test-unit test-integration fmt fmt-check lint unit-and-integration crd-check crds
+.PHONY: build assets test test-unit test-integration fmt fmt-check lint unit-and-integration crd-check crds soak
 
 build:
 	$(CARGO) build --all-targets --workspace
@@ -44,6 +44,14 @@ unit-and-integration:
 	export KUBEBUILDER_ASSETS=$$assets; \
 	echo "control-plane binaries: $$KUBEBUILDER_ASSETS" >&2; \
 	$(CARGO) test --workspace --no-fail-fast
+
+## The soak of the fault tier for SOAK_SECONDS (default here 300; `make test` runs it for 30):
+## two replicas, 300 requests, rotations, IBM faults and random SIGKILLs; prints its figures.
+SOAK_SECONDS ?= 300
+soak:
+	assets=$$($(ASSETS_SCRIPT)); \
+	export KUBEBUILDER_ASSETS=$$assets SOAK_SECONDS=$(SOAK_SECONDS); \
+	$(CARGO) test --test faults soak -- --nocapture
 
 ## The committed CRD must be what the binary generates.
 crd-check:

@@ -210,15 +210,8 @@ impl Harness {
     }
 
     pub async fn api_key_secret(&self) {
-        let secret: Secret = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "ibmcloud-api-key"},
-            "stringData": {"apikey": MANAGER_KEY},
-        }))
-        .unwrap();
-        self.secrets()
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("create API key Secret");
+        test_support::env::create_api_key_secret(&self.secrets(), "ibmcloud-api-key", MANAGER_KEY)
+            .await;
     }
 
     /// Creates a request and runs the first reconcile (which only adds the finalizer).

@@ -14,4 +14,5 @@
 mod api_server;
 mod ibm_garbage;
 mod lease;
+mod soak;
 mod watch_expiry;

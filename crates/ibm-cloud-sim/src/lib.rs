@@ -410,6 +410,12 @@ impl Simulator {
         self.keys().into_iter().find(|k| k.guid == guid)
     }
 
+    /// The state of every key ever created, by the fingerprint ([`SimSecret::fingerprint`]) of
+    /// its `apikey` credential: which key a Secret's value belongs to, without the value.
+    pub fn key_states_by_credential(&self) -> std::collections::HashMap<String, String> {
+        lock(&self.shared.world).key_states_by_credential()
+    }
+
     /// Adds an instance to an account; returns its GUID.
     pub fn add_instance(
         &self,

@@ -475,6 +475,19 @@ impl World {
             .collect()
     }
 
+    /// The state of every key (removed ones too) by the fingerprint of its `apikey` credential.
+    pub fn key_states_by_credential(&self) -> std::collections::HashMap<String, String> {
+        self.keys
+            .iter()
+            .map(|k| {
+                (
+                    SimSecret::new(k.apikey.clone()).fingerprint(),
+                    k.state.clone(),
+                )
+            })
+            .collect()
+    }
+
     pub fn expire_tokens(&mut self) {
         for token in self.tokens.values_mut() {
             token.expires_at = 0;
