@@ -91,10 +91,17 @@ pub struct RunArgs {
     /// service account's).
     #[arg(long, value_name = "NS")]
     pub leader_election_namespace: Option<String>,
+    /// The longest one reconcile may take before it is stopped and retried (each IBM Cloud call
+    /// takes at most 30 s a try, each Kubernetes API call 30 s).
+    #[arg(long, default_value = "5m", value_parser = duration_arg)]
+    pub reconcile_deadline: Duration,
     /// Process-wide budget of IBM Cloud requests per second.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub ibm_max_rps: u32,
 }
+
+/// How long a Kubernetes API call may wait for each read of its reply.
+const API_CALL_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Name of the leader Lease.
 pub const LEASE_NAME: &str = "ingestion-key-operator";
@@ -240,9 +247,15 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
             ..ClientConfig::default()
         },
     )?;
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .map_err(CliError::KubeClient)?;
+        .map_err(|e| CliError::KubeClient(kube::Error::InferConfig(e)))?;
+    // Calls get a reply within seconds or fail (kube's default waits up to 295 s on each read,
+    // which the watches need): a hung API server then costs one failed call, not a held slot.
+    let mut calls = config.clone();
+    calls.read_timeout = Some(API_CALL_READ_TIMEOUT);
+    let client = kube::Client::try_from(calls).map_err(CliError::KubeClient)?;
+    let watch_client = kube::Client::try_from(config).map_err(CliError::KubeClient)?;
 
     // Fail fast, with the fix in the message, when the CRD is missing.
     let probe: Api<IngestionKeyRequest> = match args.namespaces.first() {
@@ -268,6 +281,7 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         key_creation_grace: args.key_creation_grace,
         concurrency: args.concurrency,
         min_rotation_interval: args.min_rotation_interval,
+        reconcile_deadline: args.reconcile_deadline,
     };
     let elector = match args.leader_elect {
         true => Some(elector(
@@ -276,7 +290,10 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         )?),
         false => None,
     };
-    let ctx = Arc::new(Context::new(client, ibm.clone(), metrics.clone(), settings));
+    let ctx = Arc::new(
+        Context::new(client, ibm.clone(), metrics.clone(), settings)
+            .with_watch_client(watch_client),
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = shutdown_on_signals();
     let render = {

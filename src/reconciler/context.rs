@@ -34,6 +34,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// The shortest `spec.rotation.interval` accepted (1h; lower only in tests).
     pub min_rotation_interval: Duration,
+    /// The longest one reconcile may take; past it, it stops where it is (every step resumes
+    /// from status) and is retried, so that hung calls do not hold a slot for ever.
+    pub reconcile_deadline: Duration,
 }
 
 impl Default for Settings {
@@ -44,6 +47,25 @@ impl Default for Settings {
             key_creation_grace: Duration::from_secs(60),
             concurrency: 16,
             min_rotation_interval: crate::crd::MIN_ROTATION_INTERVAL,
+            reconcile_deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One running reconcile of a namespace, given back when dropped.
+pub(super) struct NamespaceSlot {
+    busy: Arc<Mutex<HashMap<String, usize>>>,
+    namespace: String,
+}
+
+impl Drop for NamespaceSlot {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.busy);
+        if let Some(running) = busy.get_mut(&self.namespace) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                busy.remove(&self.namespace);
+            }
         }
     }
 }
@@ -81,7 +103,10 @@ struct Memory {
 
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
+    /// For calls: every read of a reply is bounded (see [`Context::with_watch_client`]).
     pub client: Client,
+    /// For the watches, whose replies may stay silent for minutes.
+    pub watch_client: Client,
     pub ibm: Arc<dyn IbmApi>,
     pub(super) events: Events,
     pub metrics: Arc<Metrics>,
@@ -93,6 +118,8 @@ pub struct Context {
     /// The controllers' caches of requests, while this replica reconciles: the per-request
     /// metrics are read from them at scrape time (a deleted request's series go with it).
     pub(super) stores: Mutex<Vec<Store<IngestionKeyRequest>>>,
+    /// Reconciles running per namespace (entries go when they reach 0).
+    busy: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Context {
@@ -104,6 +131,7 @@ impl Context {
     ) -> Self {
         Self {
             events: Events::new(client.clone()),
+            watch_client: client.clone(),
             client,
             ibm: Arc::new(ibm),
             metrics,
@@ -111,7 +139,38 @@ impl Context {
             instances: Mutex::default(),
             memory: Mutex::default(),
             stores: Mutex::default(),
+            busy: Arc::default(),
         }
+    }
+
+    /// A reconcile slot in `namespace`, unless that namespace already holds its share: all slots
+    /// but a quarter (at least one left for the others), so that one tenant's slow or hung calls
+    /// never take every slot while other namespaces wait.
+    pub(super) fn namespace_slot(&self, namespace: &str) -> Option<NamespaceSlot> {
+        let concurrency = usize::from(self.settings.concurrency.max(1));
+        let share = (concurrency - concurrency / 4).max(1);
+        let share = if concurrency > 1 {
+            share.min(concurrency - 1)
+        } else {
+            1
+        };
+        let mut busy = lock(&self.busy);
+        let running = busy.entry(namespace.to_owned()).or_insert(0);
+        if *running >= share {
+            return None;
+        }
+        *running += 1;
+        Some(NamespaceSlot {
+            busy: self.busy.clone(),
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// Watches through `client` instead of the calls' client: a watch's reply is read for
+    /// minutes, a call's within seconds, so each gets a client with its own read timeout.
+    pub fn with_watch_client(mut self, client: Client) -> Self {
+        self.watch_client = client;
+        self
     }
 
     /// The per-request metrics of every request this replica reconciles.

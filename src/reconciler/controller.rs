@@ -57,17 +57,30 @@ async fn reconcile_in_span(
     request: Arc<IngestionKeyRequest>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let namespace = request.namespace().unwrap_or_default();
+    let Some(_slot) = ctx.namespace_slot(&namespace) else {
+        debug!("the namespace holds its share of reconcile slots; trying again shortly");
+        return Ok(Action::requeue(jitter(
+            NAMESPACE_BUSY,
+            &ObjectRef::from_obj(&*request),
+        )));
+    };
     let started = Instant::now();
-    let api: Api<IngestionKeyRequest> =
-        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, request.clone(), |event| async {
+    let api: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+    let deadline = ctx.settings.reconcile_deadline;
+    let work = finalizer(&api, FINALIZER, request.clone(), |event| async {
         match event {
             finalizer::Event::Apply(request) => apply::apply(&request, &ctx).await,
             finalizer::Event::Cleanup(request) => deletion::finalize(&request, &ctx).await,
         }
-    })
-    .await
-    .map_err(from_finalizer);
+    });
+    // Stopping a reconcile anywhere is safe: every step resumes from status, as after a crash.
+    let result = match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result.map_err(from_finalizer),
+        Err(_) => Err(ReconcileError::DeadlineExceeded {
+            seconds: deadline.as_secs(),
+        }),
+    };
     if let Err(error) = &result {
         report_failure(&ctx, &request, error).await;
     }
@@ -198,7 +211,7 @@ fn controller_for(
     // last-applied copy of the spec): most of an object's memory (docs/performance.md).
     let (store, writer) = reflector::store();
     let requests_stream = watcher(
-        api_in::<IngestionKeyRequest>(&ctx.client, scope),
+        api_in::<IngestionKeyRequest>(&ctx.watch_client, scope),
         watcher::Config::default(),
     )
     .filter(relist_at_once)
@@ -224,13 +237,13 @@ fn controller_for(
     };
     // Secrets as metadata only (`Api<PartialObjectMeta<_>>` asks for metadata, never data).
     let owned_secrets = watcher(
-        api_in::<PartialObjectMeta<Secret>>(&ctx.client, scope),
+        api_in::<PartialObjectMeta<Secret>>(&ctx.watch_client, scope),
         managed_secrets,
     )
     .filter(relist_at_once)
     .touched_objects();
     let api_key_secrets = watcher(
-        api_in::<PartialObjectMeta<Secret>>(&ctx.client, scope),
+        api_in::<PartialObjectMeta<Secret>>(&ctx.watch_client, scope),
         watcher::Config::default(),
     )
     .filter(relist_at_once)
@@ -250,6 +263,9 @@ fn controller_for(
         .boxed();
     (running, store)
 }
+
+/// How soon a reconcile turned away because its namespace held its share of slots tries again.
+const NAMESPACE_BUSY: Duration = Duration::from_secs(1);
 
 /// Whether a watch event goes on to the controller: not a `410 Gone` ("too old resource
 /// version"), after which the watcher relists by itself on its next poll. Passed on, it would

@@ -101,6 +101,11 @@ pub enum ReconcileError {
     #[error("unexpected: {0}")]
     Unexpected(String),
 
+    #[error(
+        "the reconcile did not finish within {seconds}s (a Kubernetes API or IBM Cloud call kept it waiting); it was stopped and is retried from where it stopped"
+    )]
+    DeadlineExceeded { seconds: u64 },
+
     #[error("Kubernetes API call failed: {action}: {source}")]
     Kubernetes {
         action: &'static str,
@@ -141,7 +146,9 @@ impl ReconcileError {
             }
             Self::IbmRequestRejected { .. } => IBM_CLOUD_UNAVAILABLE,
             Self::DeletionBlocked { .. } => DELETION_BLOCKED,
-            Self::Kubernetes { .. } | Self::Unexpected(_) => KUBERNETES_API_ERROR,
+            Self::Kubernetes { .. } | Self::Unexpected(_) | Self::DeadlineExceeded { .. } => {
+                KUBERNETES_API_ERROR
+            }
         }
     }
 

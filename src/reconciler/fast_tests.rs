@@ -29,6 +29,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A fixture whose operator runs with `adjust` applied to the default settings.
+    async fn with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let seed = Seed::from_yaml(&format!(
             "accounts:\n  - id: acc\n    api_keys:\n      - {{key: {API_KEY}, platform_role: Editor, service_role: Manager}}\n    instances:\n      - {{name: my-activity-tracker, service: logdnaat, region: us-south}}\n"
         ))
@@ -39,10 +44,11 @@ impl Fixture {
         let endpoints = Endpoints::new(&sim.base_url(), &sim.base_url()).expect("endpoints");
         let ibm = IbmCloud::new(endpoints, ClientConfig::default()).expect("client");
         let api = FakeApiServer::start().await;
-        let settings = Settings {
+        let mut settings = Settings {
             namespaces: vec![NS.into()],
             ..Settings::default()
         };
+        adjust(&mut settings);
         let ctx = Context::new(api.client(), ibm, Arc::new(Metrics::default()), settings);
         let encoded = base64(API_KEY);
         api.put(
@@ -217,4 +223,53 @@ async fn a_stale_copy_of_the_request_creates_no_key() {
         .into_iter()
         .any(|c| c.method == Method::PATCH && c.status == 409);
     assert!(conflict, "the write was refused as a conflict");
+}
+
+/// A reconcile kept waiting past its deadline (IBM Cloud answering after 2 s, the deadline
+/// 300 ms) is stopped, and the request says so; nothing was created meanwhile.
+#[tokio::test]
+async fn a_reconcile_past_its_deadline_is_stopped_and_reported() {
+    let fixture =
+        Fixture::with(|s| s.reconcile_deadline = std::time::Duration::from_millis(300)).await;
+    fixture.reconcile().await.expect("the finalizer is added");
+    fixture.sim.set_faults(ibm_cloud_sim::Faults {
+        latency_ms: 2000,
+        ..ibm_cloud_sim::Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let outcome = fixture.reconcile().await;
+    let took = started.elapsed();
+    assert_eq!(outcome, Err(crate::crd::reason::KUBERNETES_API_ERROR));
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "stopped at the deadline, took {took:?}"
+    );
+    let message = fixture
+        .request()
+        .status
+        .and_then(|s| s.ready().map(|c| c.message.clone()))
+        .unwrap_or_default();
+    assert!(message.contains("did not finish within"), "{message}");
+    assert_eq!(fixture.active_keys(), 0);
+}
+
+/// One namespace holds at most three quarters of the reconcile slots: the rest stay free for
+/// the others, and a slot given back can be taken again.
+#[tokio::test]
+async fn one_namespace_never_takes_every_reconcile_slot() {
+    let fixture = Fixture::new().await;
+    let ctx = &fixture.ctx;
+    let mut held: Vec<_> = std::iter::from_fn(|| ctx.namespace_slot("busy"))
+        .take(100)
+        .collect();
+    assert_eq!(held.len(), 12, "12 of 16 slots for one namespace");
+    assert!(
+        ctx.namespace_slot("quiet").is_some(),
+        "another namespace still gets a slot"
+    );
+    held.pop();
+    assert!(
+        ctx.namespace_slot("busy").is_some(),
+        "a slot given back is taken again"
+    );
 }

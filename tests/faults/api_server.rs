@@ -1,7 +1,9 @@
 use std::time::{Duration, Instant};
 
+use ingestion_key_operator::crd::ROTATE_ANNOTATION;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use test_support::{self as support, ControlPlane, env::Env};
+use test_support::{self as support, ControlPlane, WAIT, env::Env, wait_for};
 
 /// A control plane of the test's own (it stops its servers, which other tests must not see)
 /// with the operator binary watching one namespace on it.
@@ -14,15 +16,36 @@ async fn on_own_control_plane(prefix: &str) -> (&'static ControlPlane, Env) {
     (cp, Env::on(cp, ns, cp.kubeconfig_path(), &[], None).await)
 }
 
-/// kube-apiserver stopped for 10 s and started again on the same etcd and port, as in an upgrade.
-/// The operator is not restarted. A request created once the API server answers again must be
-/// served within seconds: the watches come back with `410 Gone` and must relist at once, not
-/// after a back-off grown during the outage (it took over 90 s when every 410 counted as one
-/// more failure). The request from before keeps exactly one key.
+/// kube-apiserver stopped for 10 s and started again on the same etcd and port, as in an upgrade,
+/// in the middle of a batch of 200 new requests and of a rotation. The operator is not restarted.
+/// A request created once the API server answers again must be served within seconds: the
+/// watches come back with `410 Gone` and must relist at once, not after a back-off grown during
+/// the outage (it took over 90 s when every 410 counted as one more failure). Every request of
+/// the batch ends with exactly one key, and the rotation completes with its old key deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_created_after_an_api_server_restart_are_served_within_seconds() {
     let (cp, env) = on_own_control_plane("restart").await;
     env.serve_first_request("before").await;
+    let first_key = env.sim_keys_of("before");
+    env.requests()
+        .patch(
+            "before",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {ROTATE_ANNOTATION: "during-restart"}},
+                "spec": {"rotation": {"gracePeriod": "2s"}},
+            })),
+        )
+        .await
+        .expect("ask for a rotation");
+    let batch: Vec<String> = (0..200).map(|i| format!("batch-{i}")).collect();
+    for name in &batch {
+        env.create_request(
+            name,
+            json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": format!("{name}-key")}}),
+        )
+        .await;
+    }
 
     let restart =
         tokio::task::spawn_blocking(move || cp.restart_apiserver(Duration::from_secs(10)));
@@ -47,23 +70,37 @@ async fn requests_created_after_an_api_server_restart_are_served_within_seconds(
     .await;
     env.wait_ready("after").await;
     let served = answering.elapsed();
+    for name in &batch {
+        env.wait_ready(name).await;
+    }
+    let batch_ready = answering.elapsed();
     println!(
-        "a request created after the API server restart was Ready {served:?} after the API server answered again"
+        "after the API server restart: a new request Ready in {served:?}, the batch of 200 in {batch_ready:?}"
     );
     assert!(
         served < Duration::from_secs(20),
         "served {served:?} after the restart: the watches waited instead of relisting"
     );
+    for name in batch.iter().chain(["after".to_owned()].iter()) {
+        assert_eq!(env.active_keys_of(name), 1, "{name}: one key");
+    }
+    // The rotation: a second key, and once its grace is over, the first one deleted.
+    wait_for("the rotation to retire the first key", WAIT, || async {
+        let keys = env.sim_keys_of("before");
+        keys.len() == 2 && test_support::env::active(&keys) == 1
+    })
+    .await;
+    let first_guid = &first_key[0].0;
     assert_eq!(
-        env.active_keys_of("before"),
-        1,
-        "one key for the request from before"
+        env.sim.key(first_guid).map(|k| k.state).as_deref(),
+        Some("removed"),
+        "the replaced key is deleted"
     );
-    assert_eq!(
-        env.active_keys_of("after"),
-        1,
-        "one key for the new request"
-    );
+    let mut key_names: Vec<String> = env.sim.keys().into_iter().map(|k| k.name).collect();
+    let all = key_names.len();
+    key_names.sort();
+    key_names.dedup();
+    assert_eq!(key_names.len(), all, "no key name repeats");
     env.finish().await;
 }
 

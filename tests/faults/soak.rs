@@ -129,7 +129,11 @@ async fn soak_two_replicas_with_rotations_faults_and_random_kills() {
         create(&env.client, ns, &name, request_spec(i, &name)).await;
         requests.push((ns.clone(), name));
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    // The roll-outs and the sampling go on until the end; the rotations stop with the chaos.
+    let (stop, stop_rotations) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let tally = Arc::new(Tally::default());
     let players: Vec<_> = namespaces
         .iter()
@@ -154,14 +158,14 @@ async fn soak_two_replicas_with_rotations_faults_and_random_kills() {
     let mut dice = Dice(seed);
     let keys_before = env.sim.keys().len();
     let calls_before: u64 = env.sim.calls().values().sum();
-    let chaos = vec![
-        tokio::spawn(ask_rotations(
-            env.client.clone(),
-            requests.clone(),
-            Dice(seed.rotate_left(17) | 1),
-            stop.clone(),
-            tally.clone(),
-        )),
+    let rotations = tokio::spawn(ask_rotations(
+        env.client.clone(),
+        requests.clone(),
+        Dice(seed.rotate_left(17) | 1),
+        stop_rotations.clone(),
+        tally.clone(),
+    ));
+    let watchers = vec![
         tokio::spawn(sample_secrets(
             env.client.clone(),
             namespaces.clone(),
@@ -200,10 +204,8 @@ async fn soak_two_replicas_with_rotations_faults_and_random_kills() {
         worst_ready = worst_ready.max(killed.elapsed());
         replica_ready(&env.operator, &standby).await;
     }
-    stop.store(true, Ordering::Release);
-    for task in chaos.into_iter().chain(players) {
-        task.await.expect("a soak task");
-    }
+    stop_rotations.store(true, Ordering::Release);
+    rotations.await.expect("the rotation task");
     env.sim.clear_faults();
 
     // Settled: every request Ready, and once the replaced keys' grace is over, one active key
@@ -260,6 +262,10 @@ async fn soak_two_replicas_with_rotations_faults_and_random_kills() {
         "one active key per request once the grace is over: {unsettled:?}"
     );
 
+    stop.store(true, Ordering::Release);
+    for task in watchers.into_iter().chain(players) {
+        task.await.expect("a soak task");
+    }
     let keys = env.sim.keys();
     let mut names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
     let all = names.len();
