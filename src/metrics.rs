@@ -1,15 +1,11 @@
 //! Reconcile metrics in the Prometheus text format. A handful of counters and one histogram do
 //! not justify a metrics crate; the format is simple and tested here.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 

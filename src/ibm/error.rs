@@ -217,21 +217,20 @@ fn first_error(v: &Value) -> Option<&Value> {
 }
 
 fn json_code(v: &Value) -> Option<String> {
-    first_error(v)
-        .and_then(|e| string_at(e, "code"))
-        .or_else(|| string_at(v, "code"))
-        .or_else(|| string_at(v, "errorCode"))
-        .or_else(|| string_at(v, "error_code"))
-        .map(str::to_owned)
+    json_field(v, "code", &["code", "errorCode", "error_code"])
 }
 
 fn json_message(v: &Value) -> Option<String> {
+    let top = ["error", "message", "errorMessage", "error_description"];
+    json_field(v, "message", &top)
+}
+
+/// `field` of the first entry of `errors`, else the first of `top` at the top level: the shapes
+/// of the Resource Controller, IAM and the platform's gateways.
+fn json_field(v: &Value, field: &str, top: &[&str]) -> Option<String> {
     first_error(v)
-        .and_then(|e| string_at(e, "message"))
-        .or_else(|| string_at(v, "error"))
-        .or_else(|| string_at(v, "message"))
-        .or_else(|| string_at(v, "errorMessage"))
-        .or_else(|| string_at(v, "error_description"))
+        .and_then(|e| string_at(e, field))
+        .or_else(|| top.iter().find_map(|key| string_at(v, key)))
         .map(str::to_owned)
 }
 

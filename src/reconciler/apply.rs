@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
-use kube::runtime::{controller::Action, events::EventType, reflector::ObjectRef};
+use kube::runtime::{controller::Action, reflector::ObjectRef};
 use tracing::info;
 
 use super::{
@@ -245,9 +245,7 @@ async fn report_secret(
         ),
         SecretOutcome::Unchanged => return,
     };
-    ctx.events
-        .publish(request, EventType::Normal, reason, note)
-        .await;
+    ctx.events.normal(request, reason, note).await;
 }
 
 /// How long the request stays in sync without asking IBM Cloud (see [`plan::fast_path`]):

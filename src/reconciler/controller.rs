@@ -17,7 +17,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
-        events::EventType,
         finalizer::{self, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
@@ -128,9 +127,7 @@ async fn report_failure(ctx: &Context, request: &IngestionKeyRequest, error: &Re
     if transition {
         let (reason, note) = (error.reason(), error.to_string());
         let events = &ctx.events;
-        events
-            .publish(request, EventType::Warning, reason, note)
-            .await;
+        events.warning(request, reason, note).await;
     }
 }
 

@@ -1,7 +1,7 @@
 //! The cleanup phase, run under the finalizer when a request is deleted. The Secret needs no
 //! work here: its owner reference lets garbage collection remove it.
 
-use kube::runtime::{controller::Action, events::EventType};
+use kube::runtime::controller::Action;
 use tracing::info;
 
 use super::{
@@ -84,9 +84,7 @@ async fn retire_all(ctx: &Context, request: &IngestionKeyRequest) {
         let note =
             format!("could not delete the {retiring} replaced key(s) of this request: {why}");
         let failed = reason::event::RESOURCE_KEY_DELETE_FAILED;
-        ctx.events
-            .publish(request, EventType::Warning, failed, note)
-            .await;
+        ctx.events.warning(request, failed, note).await;
     }
 }
 
@@ -130,9 +128,7 @@ async fn release(
             key.name, key.guid
         );
         let reason = reason::event::RESOURCE_KEY_RETAINED;
-        ctx.events
-            .publish(request, EventType::Normal, reason, note)
-            .await;
+        ctx.events.normal(request, reason, note).await;
     }
     super::api_key::release_if_unused(ctx, request, &request.spec.api_key_secret_ref.name).await?;
     ctx.forget(request);

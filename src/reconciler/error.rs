@@ -216,33 +216,15 @@ mod tests {
             status: Some(status),
             ..IbmError::new("do a thing", kind, "msg")
         };
+        use ErrorKind::*;
+        use reason::{API_KEY_INVALID, IBM_CLOUD_UNAVAILABLE as UNAVAILABLE, PERMISSION_DENIED};
         let cases = [
-            (
-                err(ErrorKind::ApiKeyRejected, 400),
-                reason::API_KEY_INVALID,
-                false,
-            ),
-            (
-                err(ErrorKind::Forbidden, 403),
-                reason::PERMISSION_DENIED,
-                false,
-            ),
-            (
-                err(ErrorKind::Server, 503),
-                reason::IBM_CLOUD_UNAVAILABLE,
-                true,
-            ),
-            (
-                err(ErrorKind::RateLimited, 429),
-                reason::IBM_CLOUD_UNAVAILABLE,
-                true,
-            ),
-            (err(ErrorKind::BadRequest, 400), reason::INVALID_SPEC, false),
-            (
-                err(ErrorKind::NotFound, 404),
-                reason::IBM_CLOUD_UNAVAILABLE,
-                true,
-            ),
+            (err(ApiKeyRejected, 400), API_KEY_INVALID, false),
+            (err(Forbidden, 403), PERMISSION_DENIED, false),
+            (err(Server, 503), UNAVAILABLE, true),
+            (err(RateLimited, 429), UNAVAILABLE, true),
+            (err(BadRequest, 400), reason::INVALID_SPEC, false),
+            (err(NotFound, 404), UNAVAILABLE, true),
         ];
         for (error, expected, transient) in cases {
             let mapped = ReconcileError::from_ibm("create resource key", "api-key", error);

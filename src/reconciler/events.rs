@@ -37,6 +37,17 @@ impl Events {
         }
     }
 
+    /// Publishes a Normal event about `request`: something the operator did.
+    pub(super) async fn normal(&self, request: &IngestionKeyRequest, reason: &str, note: String) {
+        self.publish(request, EventType::Normal, reason, note).await;
+    }
+
+    /// Publishes a Warning event about `request`: something that failed or needs a person.
+    pub(super) async fn warning(&self, request: &IngestionKeyRequest, reason: &str, note: String) {
+        self.publish(request, EventType::Warning, reason, note)
+            .await;
+    }
+
     /// Publishes an event about `request`.
     pub(super) async fn publish(
         &self,

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
 use kube::ResourceExt;
@@ -169,9 +168,7 @@ async fn adopt(
     if record {
         let note = format!("reusing resource key {} ({})", key.name, key.guid);
         let reused = reason::event::RESOURCE_KEY_REUSED;
-        ctx.events
-            .publish(request, EventType::Normal, reused, note)
-            .await;
+        ctx.events.normal(request, reused, note).await;
     }
     Ok(*key)
 }
@@ -230,9 +227,7 @@ async fn create(
         );
         let note = format!("creating resource key {key_name} to replace {old}: {why}");
         let started = reason::event::ROTATION_STARTED;
-        ctx.events
-            .publish(request, EventType::Normal, started, note)
-            .await;
+        ctx.events.normal(request, started, note).await;
     }
     let create = CreateKeyRequest {
         name: key_name.to_owned(),
@@ -258,12 +253,7 @@ async fn create(
         key.name, key.guid, create.role, instance.name
     );
     ctx.events
-        .publish(
-            request,
-            EventType::Normal,
-            reason::event::RESOURCE_KEY_CREATED,
-            note,
-        )
+        .normal(request, reason::event::RESOURCE_KEY_CREATED, note)
         .await;
     info!(key = %key.guid, "created resource key");
     Ok((key, written))
@@ -315,18 +305,14 @@ pub(super) async fn delete_and_report(
         Ok(KeyDeletion::Deleted) => {
             info!(key = %guid, key_name = %name, why, "deleted resource key");
             let note = format!("deleted resource key {name} ({guid}): {why}");
-            ctx.events
-                .publish(request, EventType::Normal, reason, note)
-                .await;
+            ctx.events.normal(request, reason, note).await;
         }
         Ok(KeyDeletion::AlreadyGone) => debug!(key = %guid, "resource key already gone"),
         Err(error) => {
             warn!(key = %guid, key_name = %name, %error, "could not delete resource key");
             let note = format!("could not delete resource key {name} ({guid}), {why}: {error}");
             let failed = reason::event::RESOURCE_KEY_DELETE_FAILED;
-            ctx.events
-                .publish(request, EventType::Warning, failed, note)
-                .await;
+            ctx.events.warning(request, failed, note).await;
         }
     }
     outcome

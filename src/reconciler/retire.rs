@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::runtime::events::EventType;
 
 use super::{
     Context, ReconcileError,
@@ -56,9 +55,7 @@ pub(super) async fn retire(
                     key.name, key.guid
                 );
                 let reason = reason::event::RESOURCE_KEY_RETAINED;
-                ctx.events
-                    .publish(&request, EventType::Normal, reason, note)
-                    .await;
+                ctx.events.normal(&request, reason, note).await;
                 changed = true;
             }
             Step::Delete => {

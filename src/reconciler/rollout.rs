@@ -15,7 +15,6 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
-    runtime::events::EventType,
 };
 use serde_json::{Value, json};
 use tracing::info;
@@ -93,9 +92,7 @@ pub(super) async fn drive(
         {
             let reason = reason::event::RESTART_TARGET_NOT_FOUND;
             let note = format!("restart target {why}: it is not restarted");
-            ctx.events
-                .publish(&request, EventType::Warning, reason, note)
-                .await;
+            ctx.events.warning(&request, reason, note).await;
         }
         rollout.missing_targets = missing;
     }
@@ -108,9 +105,7 @@ pub(super) async fn drive(
                 elapsed.as_secs()
             );
             let reason = reason::event::ROLLOUT_COMPLETE;
-            ctx.events
-                .publish(&request, EventType::Normal, reason, note)
-                .await;
+            ctx.events.normal(&request, reason, note).await;
         }
         RolloutState::Complete
     } else {
@@ -121,9 +116,7 @@ pub(super) async fn drive(
                 timeout.as_secs()
             );
             let reason = reason::event::ROLLOUT_STALLED;
-            ctx.events
-                .publish(&request, EventType::Warning, reason, note)
-                .await;
+            ctx.events.warning(&request, reason, note).await;
         }
         RolloutState::Waiting(poll_interval(elapsed))
     };
@@ -206,9 +199,7 @@ async fn visit(
     info!(target = %label, credential = fingerprint, "restarted to roll out the new credential");
     let note = format!("restarted {label} to roll out credential {fingerprint}");
     let reason = reason::event::ROLLOUT_RESTARTED;
-    ctx.events
-        .publish(request, EventType::Normal, reason, note)
-        .await;
+    ctx.events.normal(request, reason, note).await;
     Ok(TargetState::Restarted)
 }
 

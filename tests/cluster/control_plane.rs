@@ -59,15 +59,18 @@ fn config_map(name: &str) -> ConfigMap {
 
 /// `KUBEBUILDER_ASSETS` may lack kube-controller-manager (setup-envtest ships none); the assets
 /// that `hack/envtest-assets.sh` builds always have it.
-fn skip_without_controller_manager(cp: &support::ControlPlane) -> bool {
+/// The control plane when it runs kube-controller-manager; `None` (the test is skipped, said
+/// on stderr) when its binaries have none.
+fn with_controller_manager() -> Option<&'static support::ControlPlane> {
+    let cp = control_plane();
     if cp.has_controller_manager() {
-        return false;
+        return Some(cp);
     }
     eprintln!(
         "SKIPPED: no kube-controller-manager in {}, so no garbage collection or namespace deletion",
         cp.assets_dir().display()
     );
-    true
+    None
 }
 
 #[tokio::test]
@@ -170,10 +173,9 @@ async fn custom_resources_can_be_created_read_listed_and_watched() {
 
 #[tokio::test]
 async fn owner_references_garbage_collect_dependents() {
-    let cp = control_plane();
-    if skip_without_controller_manager(cp) {
+    let Some(cp) = with_controller_manager() else {
         return;
-    }
+    };
     let ns = cp.namespace("gc").await;
     let cms: Api<ConfigMap> = Api::namespaced(cp.client().await, &ns);
     let owner = cms
@@ -211,10 +213,9 @@ async fn owner_references_garbage_collect_dependents() {
 
 #[tokio::test]
 async fn namespace_deletion_completes() {
-    let cp = control_plane();
-    if skip_without_controller_manager(cp) {
+    let Some(cp) = with_controller_manager() else {
         return;
-    }
+    };
     let ns = cp.namespace("doomed").await;
     let client = cp.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);

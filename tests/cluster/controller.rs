@@ -427,50 +427,20 @@ async fn deletion_follows_the_policy() {
 async fn drift_is_repaired_at_once() {
     // (A key reset in IBM Cloud reaching the Secret at the next refresh: keys.rs.)
     let env = Env::new("drift").await;
-    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
-    env.create_request("drift", json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}})).await;
-    env.wait_ready("drift").await;
-    let original = env
-        .secret_value("logdna-agent-key", "logdna-agent-key")
-        .await;
-    let secrets = env.secrets_api();
+    let original = env.serve_first_request("drift").await;
 
     // Edited: restored.
-    secrets
-        .patch(
-            "logdna-agent-key",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"logdna-agent-key": "tampered"}})),
-        )
-        .await
-        .unwrap();
-    wait_for("the edited Secret to be restored", WAIT, || async {
-        secrets
-            .get("logdna-agent-key")
-            .await
-            .ok()
-            .and_then(|s| secret_data(&s, "logdna-agent-key"))
-            .as_deref()
-            == Some(original.as_str())
-    })
-    .await;
+    env.tamper("logdna-agent-key", "logdna-agent-key").await;
+    env.wait_secret_value("logdna-agent-key", "logdna-agent-key", &original)
+        .await;
 
     // Deleted: re-created.
-    secrets
+    env.secrets_api()
         .delete("logdna-agent-key", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("the deleted Secret to be re-created", WAIT, || async {
-        secrets
-            .get_opt("logdna-agent-key")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|s| secret_data(&s, "logdna-agent-key"))
-            .as_deref()
-            == Some(original.as_str())
-    })
-    .await;
+    env.wait_secret_value("logdna-agent-key", "logdna-agent-key", &original)
+        .await;
 
     assert!(env.has_event("SecretUpdated").await);
     env.finish().await;

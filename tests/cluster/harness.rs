@@ -141,6 +141,13 @@ impl Harness {
         Self::with_grace(prefix, Duration::from_secs(60)).await
     }
 
+    /// A harness with request `at` created on `spec` (its finalizer added).
+    pub async fn with_request(prefix: &str, spec: serde_json::Value) -> Harness {
+        let harness = Self::new(prefix).await;
+        harness.create("at", spec).await;
+        harness
+    }
+
     pub async fn with_grace(prefix: &str, key_creation_grace: Duration) -> Harness {
         Self::with_settings(prefix, |s| s.key_creation_grace = key_creation_grace).await
     }
@@ -305,22 +312,22 @@ pub fn ready_reason(request: &IngestionKeyRequest) -> Option<String> {
     Some(request.status.as_ref()?.ready()?.reason.clone())
 }
 
-pub fn key_name(request: &IngestionKeyRequest) -> String {
+/// The (name, GUID) of the key recorded in the request's status.
+fn recorded_key(request: &IngestionKeyRequest) -> (String, String) {
     request
         .status
         .as_ref()
         .and_then(|s| s.resource_key.as_ref())
-        .map(|k| k.name.clone())
+        .map(|k| (k.name.clone(), k.guid.clone()))
         .expect("a key is recorded")
 }
 
+pub fn key_name(request: &IngestionKeyRequest) -> String {
+    recorded_key(request).0
+}
+
 pub fn key_guid(request: &IngestionKeyRequest) -> String {
-    request
-        .status
-        .as_ref()
-        .and_then(|s| s.resource_key.as_ref())
-        .map(|k| k.guid.clone())
-        .expect("a key is recorded")
+    recorded_key(request).1
 }
 
 /// `spec` with replaced keys deleted as soon as their successor is in use.

@@ -95,12 +95,8 @@ async fn a_pending_creation_within_its_grace_is_waited_for() {
 
 #[tokio::test]
 async fn a_refused_creation_clears_its_pending_record() {
-    let h = Harness::new("rec-refused").await;
-    h.create(
-        "at",
-        at_spec_with("resourceKey", serde_json::json!({"role": "NoSuchRole"})),
-    )
-    .await;
+    let spec = at_spec_with("resourceKey", serde_json::json!({"role": "NoSuchRole"}));
+    let h = Harness::with_request("rec-refused", spec).await;
     let error = h.reconcile("at").await.expect_err("IBM refuses the role");
     assert_eq!(error.reason(), reason::INVALID_SPEC);
     let status = h.get("at").await.status.unwrap();

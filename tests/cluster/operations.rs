@@ -34,7 +34,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_kill_and_on_shutdown(
     let ns = cp.namespace("ha").await;
     let args = ["--leader-elect", "--leader-election-namespace", ns.as_str()];
     let mut env = Env::in_namespace(ns.clone(), cp.kubeconfig_path(), &args).await;
-    let mut standby = Operator::start(cp, cp.kubeconfig_path(), &ns, &env.sim.base_url(), &args);
+    let mut standby = env.replica(&args);
     standby.wait_ready().await; // a standby is ready, so rolling updates proceed
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
     wait_for("exactly one leader", Duration::from_secs(20), || async {
@@ -71,7 +71,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over_on_kill_and_on_shutdown(
     assert_eq!(env.active_keys_of("second"), 1, "no duplicate keys");
 
     // SIGTERM: the leader releases the lease and the next standby takes it at once.
-    let third = Operator::start(cp, cp.kubeconfig_path(), &ns, &env.sim.base_url(), &args);
+    let third = env.replica(&args);
     third.wait_ready().await;
     assert!(!third.is_leader().await);
     let stopping = Instant::now();

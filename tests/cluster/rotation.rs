@@ -55,12 +55,9 @@ async fn a_rotation_by_annotation_replaces_the_key_in_the_ibm_order() {
 
 #[tokio::test]
 async fn a_replaced_key_lives_for_its_grace_period() {
-    let h = Harness::new("rec-grace").await;
-    h.apply(
-        "at",
-        at_spec_with("rotation", serde_json::json!({"gracePeriod": "1h"})),
-    )
-    .await;
+    let spec = at_spec_with("rotation", serde_json::json!({"gracePeriod": "1h"}));
+    let h = Harness::with_request("rec-grace", spec).await;
+    h.reconcile("at").await.expect("apply");
     let old = key_guid(&h.get("at").await);
     h.annotate_rotate("at", "one").await;
     h.reconcile("at").await.expect("rotate");

@@ -32,12 +32,8 @@ async fn a_foreign_secret_is_never_overwritten() {
 
 #[tokio::test]
 async fn the_api_key_secret_is_never_the_target_and_no_key_is_minted() {
-    let h = Harness::new("rec-self").await;
-    h.create(
-        "at",
-        at_spec_with("secret", serde_json::json!({"name": "ibmcloud-api-key"})),
-    )
-    .await;
+    let spec = at_spec_with("secret", serde_json::json!({"name": "ibmcloud-api-key"}));
+    let h = Harness::with_request("rec-self", spec).await;
     h.sim.reset_calls();
     let error = h.reconcile("at").await.expect_err("invalid");
     assert_eq!(error.reason(), reason::INVALID_SPEC);

@@ -1,7 +1,6 @@
 use std::time::{Duration, Instant};
 
 use ingestion_key_operator::crd::ROTATE_ANNOTATION;
-use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use test_support::{self as support, ControlPlane, WAIT, env::Env, wait_for};
 
@@ -13,7 +12,10 @@ async fn on_own_control_plane(prefix: &str) -> (&'static ControlPlane, Env) {
         ControlPlane::start(&assets).expect("a control plane of this test's own"),
     ));
     let ns = cp.namespace(prefix).await;
-    (cp, Env::on(cp, ns, cp.kubeconfig_path(), &[], None).await)
+    (
+        cp,
+        Env::on(cp, ns, cp.kubeconfig_path(), &[], None, None).await,
+    )
 }
 
 /// kube-apiserver stopped for 10 s and started again on the same etcd and port, as in an upgrade,
@@ -27,24 +29,14 @@ async fn requests_created_after_an_api_server_restart_are_served_within_seconds(
     let (cp, env) = on_own_control_plane("restart").await;
     env.serve_first_request("before").await;
     let first_key = env.sim_keys_of("before");
-    env.requests()
-        .patch(
-            "before",
-            &PatchParams::default(),
-            &Patch::Merge(json!({
-                "metadata": {"annotations": {ROTATE_ANNOTATION: "during-restart"}},
-                "spec": {"rotation": {"gracePeriod": "2s"}},
-            })),
-        )
-        .await
-        .expect("ask for a rotation");
+    let rotate = json!({
+        "metadata": {"annotations": {ROTATE_ANNOTATION: "during-restart"}},
+        "spec": {"rotation": {"gracePeriod": "2s"}},
+    });
+    env.patch_request("before", rotate).await;
     let batch: Vec<String> = (0..200).map(|i| format!("batch-{i}")).collect();
     for name in &batch {
-        env.create_request(
-            name,
-            json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": format!("{name}-key")}}),
-        )
-        .await;
+        env.create_at(name).await;
     }
 
     let restart =
@@ -63,11 +55,7 @@ async fn requests_created_after_an_api_server_restart_are_served_within_seconds(
         .expect("kube-apiserver restarted");
     let answering = Instant::now();
     assert!(not_ready_seen, "/readyz reported the outage");
-    env.create_request(
-        "after",
-        json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "after-key"}}),
-    )
-    .await;
+    env.create_at("after").await;
     env.wait_ready("after").await;
     let served = answering.elapsed();
     for name in &batch {
@@ -96,11 +84,7 @@ async fn requests_created_after_an_api_server_restart_are_served_within_seconds(
         Some("removed"),
         "the replaced key is deleted"
     );
-    let mut key_names: Vec<String> = env.sim.keys().into_iter().map(|k| k.name).collect();
-    let all = key_names.len();
-    key_names.sort();
-    key_names.dedup();
-    assert_eq!(key_names.len(), all, "no key name repeats");
+    env.assert_no_key_name_twice();
     env.finish().await;
 }
 
@@ -118,11 +102,7 @@ async fn an_etcd_pause_during_reconciles_loses_and_duplicates_nothing() {
     });
     let names: Vec<String> = (0..20).map(|i| format!("batch-{i}")).collect();
     for name in &names {
-        env.create_request(
-            name,
-            json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": format!("{name}-key")}}),
-        )
-        .await;
+        env.create_at(name).await;
     }
     let mut ready_before = 0;
     for name in &names {
@@ -150,10 +130,6 @@ async fn an_etcd_pause_during_reconciles_loses_and_duplicates_nothing() {
     for name in names.iter().chain(std::iter::once(&"before".to_owned())) {
         assert_eq!(env.active_keys_of(name), 1, "{name}: exactly one key");
     }
-    let mut key_names: Vec<String> = env.sim.keys().into_iter().map(|k| k.name).collect();
-    let all = key_names.len();
-    key_names.sort();
-    key_names.dedup();
-    assert_eq!(key_names.len(), all, "no key name repeats");
+    env.assert_no_key_name_twice();
     env.finish().await;
 }

@@ -80,14 +80,22 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     );
     let kubeconfig = cp.kubeconfig_through("fencing-leader", leader_api.addr());
     let leader_url = format!("http://{}", leader_ibm.addr());
-    let env = Env::with_simulator(cp, ns.clone(), &kubeconfig, &args, None, sim, &leader_url).await;
+    let env = Env::on(
+        cp,
+        ns.clone(),
+        &kubeconfig,
+        &args,
+        None,
+        Some((sim, leader_url)),
+    )
+    .await;
     wait_for("the first replica to lead", WAIT, || async {
         env.operator.is_leader().await
     })
     .await;
     env.serve_first_request("first").await;
     let standby_url = format!("http://{}", standby_ibm.addr());
-    let standby = Operator::start(cp, cp.kubeconfig_path(), &ns, &standby_url, &args);
+    let standby = Operator::start(cp, cp.kubeconfig_path(), &ns, &standby_url, &args, None);
     standby.wait_ready().await;
     assert!(!standby.is_leader().await, "the second replica stands by");
 
@@ -158,11 +166,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     for name in names.iter().chain(std::iter::once(&"first".to_owned())) {
         assert_eq!(env.active_keys_of(name), 1, "{name}: exactly one key");
     }
-    let mut key_names: Vec<String> = env.sim.keys().into_iter().map(|k| k.name).collect();
-    let all = key_names.len();
-    key_names.sort();
-    key_names.dedup();
-    assert_eq!(key_names.len(), all, "no key name repeats");
+    env.assert_no_key_name_twice();
     drop(standby);
     env.finish().await;
 }

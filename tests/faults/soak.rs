@@ -105,9 +105,16 @@ async fn soak_two_replicas_with_rotations_faults_and_random_kills() {
         args.extend(["--namespace".to_owned(), ns.clone()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut env = Env::on(cp, namespaces[0].clone(), cp.kubeconfig_path(), &args, None).await;
-    let sim_url = env.sim.base_url();
-    let mut standby = Operator::start(cp, cp.kubeconfig_path(), &namespaces[0], &sim_url, &args);
+    let mut env = Env::on(
+        cp,
+        namespaces[0].clone(),
+        cp.kubeconfig_path(),
+        &args,
+        None,
+        None,
+    )
+    .await;
+    let mut standby = env.replica(&args);
     standby.wait_ready().await;
     env.keep_secret(SECOND_MANAGER_KEY);
 

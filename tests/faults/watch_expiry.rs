@@ -1,7 +1,5 @@
 use std::time::{Duration, Instant};
 
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
 use test_support::proxy::{Link, TcpProxy};
 use test_support::{self as support, ControlPlane, WAIT, env::Env, wait_for};
 
@@ -21,7 +19,7 @@ async fn watches_expired_by_an_etcd_compaction_relist_and_miss_nothing() {
     let proxy = TcpProxy::start(cp.api_server_addr()).await;
     let ns = cp.namespace("compaction").await;
     let kubeconfig = cp.kubeconfig_through("operator", proxy.addr());
-    let env = Env::on(cp, ns, &kubeconfig, &[], None).await;
+    let env = Env::on(cp, ns, &kubeconfig, &[], None, None).await;
     let served = env.serve_first_request("before").await;
 
     proxy.set(Link::Refused);
@@ -34,19 +32,8 @@ async fn watches_expired_by_an_etcd_compaction_relist_and_miss_nothing() {
     })
     .await;
     // The gap: a new request, and the managed Secret edited behind the operator's back.
-    env.create_request(
-        "during",
-        json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "ibmcloud-api-key"}, "secret": {"name": "during-key"}}),
-    )
-    .await;
-    env.secrets_api()
-        .patch(
-            "logdna-agent-key",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"logdna-agent-key": "tampered"}})),
-        )
-        .await
-        .expect("edit the managed Secret");
+    env.create_at("during").await;
+    env.tamper("logdna-agent-key", "logdna-agent-key").await;
     let revision = cp.compact_etcd().await.expect("etcd compacted");
     // An outage of 10 s, as long as an API server upgrade: long enough for a back-off that grows
     // with every failed attempt to postpone the relist.
@@ -55,17 +42,8 @@ async fn watches_expired_by_an_etcd_compaction_relist_and_miss_nothing() {
     let reopened = Instant::now();
 
     env.wait_ready("during").await;
-    let secrets = env.secrets_api();
-    wait_for("the edited Secret to be restored", WAIT, || async {
-        secrets
-            .get("logdna-agent-key")
-            .await
-            .ok()
-            .and_then(|s| test_support::env::secret_data(&s, "logdna-agent-key"))
-            .as_deref()
-            == Some(served.as_str())
-    })
-    .await;
+    env.wait_secret_value("logdna-agent-key", "logdna-agent-key", &served)
+        .await;
     let recovered = reopened.elapsed();
     println!(
         "etcd compacted at revision {revision} while the operator was cut off: the new request and \

@@ -43,22 +43,15 @@ fn crd_carries_names_columns_defaults_enums_and_rules() {
         props["deletionPolicy"]["enum"],
         serde_json::json!(["Delete", "Retain"])
     );
-    assert_eq!(
-        props["apiKeySecretRef"]["properties"]["key"]["default"],
-        "apikey"
-    );
-    assert_eq!(
-        props["resourceKey"]["properties"]["role"]["default"],
-        "Manager"
-    );
-    assert_eq!(
-        props["resourceKey"]["properties"]["credentialField"]["default"],
-        "ingestion_key"
-    );
-    assert_eq!(
-        props["secret"]["properties"]["name"]["default"],
-        "logdna-agent-key"
-    );
+    for (field, property, default) in [
+        ("apiKeySecretRef", "key", "apikey"),
+        ("resourceKey", "role", "Manager"),
+        ("resourceKey", "credentialField", "ingestion_key"),
+        ("secret", "name", "logdna-agent-key"),
+    ] {
+        let found = &props[field]["properties"][property]["default"];
+        assert_eq!(found, default, "default of {field}.{property}");
+    }
     let rules = props["instance"]["x-kubernetes-validations"]
         .as_array()
         .expect("CEL rule on spec.instance");

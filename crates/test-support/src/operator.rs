@@ -25,17 +25,9 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// Starts the operator on `cp` watching `ns` (more with `extra`), IBM Cloud at `sim_url`;
+    /// with `launcher`, through the command it makes (from the image, say).
     pub fn start(
-        cp: &ControlPlane,
-        kubeconfig: &std::path::Path,
-        ns: &str,
-        sim_url: &str,
-        extra: &[&str],
-    ) -> Operator {
-        Self::start_launched(cp, kubeconfig, ns, sim_url, extra, None)
-    }
-
-    pub fn start_launched(
         cp: &ControlPlane,
         kubeconfig: &std::path::Path,
         ns: &str,

@@ -62,6 +62,17 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
 
+    /// The deletion plan of a request using `key`.
+    fn plan_using(key: &ResourceKeyStatus, retain: bool) -> DeletionPlan {
+        plan_deletion(&using(key), retain, Some(NAME))
+    }
+
+    fn retained(key: &ResourceKeyStatus) -> DeletionPlan {
+        DeletionPlan::Release {
+            retained: Some(key.clone()),
+        }
+    }
+
     #[test]
     fn deletion_searches_a_pending_replacement_of_the_default_name() {
         let name = format!("{NAME}:r2");
@@ -79,13 +90,7 @@ mod tests {
     #[test]
     fn deletion_with_retain_deletes_nothing() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = using(&k);
-        assert_eq!(
-            plan_deletion(&recorded, true, Some(NAME)),
-            DeletionPlan::Release {
-                retained: Some(k.clone())
-            }
-        );
+        assert_eq!(plan_using(&k, true), retained(&k));
     }
 
     #[test]
@@ -99,9 +104,8 @@ mod tests {
     #[test]
     fn deletion_deletes_the_recorded_key_and_searches_its_default_name() {
         let k = status_key("k1", NAME, INSTANCE);
-        let recorded = using(&k);
         assert_eq!(
-            plan_deletion(&recorded, false, Some(NAME)),
+            plan_using(&k, false),
             DeletionPlan::Delete {
                 recorded: Some(k.clone()),
                 search: Some((INSTANCE.into(), NAME.into())),
@@ -125,13 +129,7 @@ mod tests {
     #[test]
     fn deletion_never_deletes_a_custom_named_key_it_did_not_create() {
         let k = status_key("k1", "team-key", INSTANCE);
-        let recorded = using(&k);
-        assert_eq!(
-            plan_deletion(&recorded, false, Some(NAME)),
-            DeletionPlan::Release {
-                retained: Some(k.clone())
-            }
-        );
+        assert_eq!(plan_using(&k, false), retained(&k));
     }
 
     #[test]

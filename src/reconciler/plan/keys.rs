@@ -192,6 +192,31 @@ mod tests {
     use super::super::fixtures::*;
     use super::*;
 
+    /// What a `Use` plan says, by GUID.
+    struct Used {
+        guid: String,
+        record: bool,
+        duplicates: Vec<String>,
+        others: usize,
+    }
+
+    fn used(plan: KeyPlan) -> Used {
+        match plan {
+            KeyPlan::Use {
+                key,
+                record,
+                duplicates,
+                others,
+            } => Used {
+                guid: key.guid.clone(),
+                record,
+                duplicates: duplicates.into_iter().map(|k| k.guid).collect(),
+                others,
+            },
+            other => panic!("expected Use, got {other:?}"),
+        }
+    }
+
     /// `decide` now, with the default grace, for the key `wanted(default_name)`.
     fn decide_now(recorded: &Recorded, default_name: bool, found: Found) -> KeyPlan {
         decide(recorded, &wanted(default_name), found, now(), GRACE)
@@ -221,10 +246,7 @@ mod tests {
     fn a_pending_creation_is_looked_up_by_name_even_with_a_recorded_key() {
         let k = status_key("k1", NAME, INSTANCE);
         let p = pending(NAME, INSTANCE, ago(5));
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: Some(&p),
-        };
+        let recorded = replacing(&k, &p);
         assert_eq!(lookup(&recorded, &wanted(true)), Lookup::ByName);
     }
 
@@ -272,22 +294,11 @@ mod tests {
         let p = pending(NAME, INSTANCE, ago(5));
         let recorded = awaiting(&p);
         let found = Found::ByName(vec![key("k1", NAME, "active", "2026-01-01T00:00:00Z")]);
-        let plan = decide_now(&recorded, true, found);
-        let KeyPlan::Use {
-            key,
-            record,
-            duplicates,
-            ..
-        } = plan
-        else {
-            panic!("expected Use, got {plan:?}")
-        };
-        assert_eq!(key.guid, "k1");
-        assert!(
-            record,
-            "a key found for a pending creation must be recorded"
-        );
-        assert!(duplicates.is_empty());
+        let plan = used(decide_now(&recorded, true, found));
+        assert_eq!(plan.guid, "k1");
+        let why = "a key found for a pending creation must be recorded";
+        assert!(plan.record, "{why}");
+        assert!(plan.duplicates.is_empty());
     }
 
     #[test]
@@ -299,38 +310,24 @@ mod tests {
             key("first", NAME, "active", "2026-01-01T00:00:00Z"),
             key("gone", NAME, "removed", "2025-12-01T00:00:00Z"),
         ]);
-        let KeyPlan::Use {
-            key, duplicates, ..
-        } = decide_now(&recorded, true, found)
-        else {
-            panic!("expected Use")
-        };
-        assert_eq!(key.guid, "first");
-        let doomed: Vec<&str> = duplicates.iter().map(|k| k.guid.as_str()).collect();
-        assert_eq!(doomed, ["late"], "removed keys are not duplicates");
+        let plan = used(decide_now(&recorded, true, found));
+        assert_eq!(plan.guid, "first");
+        let why = "removed keys are not duplicates";
+        assert_eq!(plan.duplicates, ["late"], "{why}");
     }
 
     #[test]
     fn the_recorded_key_wins_over_an_older_duplicate() {
         let k = status_key("late", NAME, INSTANCE);
         let p = pending(NAME, INSTANCE, ago(90));
-        let recorded = Recorded {
-            key: Some(&k),
-            pending: Some(&p),
-        };
+        let recorded = replacing(&k, &p);
         let found = Found::ByName(vec![
             key("late", NAME, "active", "2026-01-02T00:00:00Z"),
             key("first", NAME, "active", "2026-01-01T00:00:00Z"),
         ]);
-        let KeyPlan::Use {
-            key, duplicates, ..
-        } = decide_now(&recorded, true, found)
-        else {
-            panic!("expected Use")
-        };
-        assert_eq!(key.guid, "late");
-        assert_eq!(duplicates.len(), 1);
-        assert_eq!(duplicates[0].guid, "first");
+        let plan = used(decide_now(&recorded, true, found));
+        assert_eq!(plan.guid, "late");
+        assert_eq!(plan.duplicates, ["first"]);
     }
 
     #[test]
@@ -339,19 +336,12 @@ mod tests {
             key("mine", NAME, "active", "2026-01-01T00:00:00Z"),
             key("theirs", NAME, "active", "2026-01-02T00:00:00Z"),
         ]);
-        let KeyPlan::Use {
-            key,
-            record,
-            duplicates,
-            others,
-        } = decide_now(&Recorded::default(), false, found)
-        else {
-            panic!("expected Use")
-        };
-        assert_eq!(key.guid, "mine");
-        assert!(record);
-        assert!(duplicates.is_empty(), "a user's key name is not ours alone");
-        assert_eq!(others, 1);
+        let plan = used(decide_now(&Recorded::default(), false, found));
+        assert_eq!(plan.guid, "mine");
+        assert!(plan.record);
+        let why = "a user's key name is not ours alone";
+        assert!(plan.duplicates.is_empty(), "{why}");
+        assert_eq!(plan.others, 1);
     }
 
     #[test]
@@ -364,10 +354,8 @@ mod tests {
             "active",
             "2026-01-01T00:00:00Z",
         ))));
-        let KeyPlan::Use { record, .. } = decide_now(&recorded, true, found) else {
-            panic!("expected Use")
-        };
-        assert!(!record, "nothing new to record on a refresh");
+        let plan = used(decide_now(&recorded, true, found));
+        assert!(!plan.record, "nothing new to record on a refresh");
     }
 
     #[test]

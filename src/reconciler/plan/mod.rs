@@ -120,6 +120,17 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// A status that records a key and a creation still pending (a replacement under way).
+    pub fn replacing<'a>(
+        key: &'a ResourceKeyStatus,
+        pending: &'a PendingKeyCreation,
+    ) -> Recorded<'a> {
+        Recorded {
+            key: Some(key),
+            pending: Some(pending),
+        }
+    }
+
     /// A status that records a creation still pending.
     pub fn awaiting(pending: &PendingKeyCreation) -> Recorded<'_> {
         Recorded {

@@ -75,39 +75,28 @@ mod tests {
 
     #[test]
     fn a_key_is_held_until_its_successor_is_in_use_then_scheduled() {
-        assert_eq!(
-            step(&key("a", None, 0), Some("b"), false, at(100)),
-            Step::Hold
-        );
-        assert_eq!(
-            step(&key("a", None, 0), Some("b"), true, at(100)),
-            Step::Schedule
-        );
+        let k = key("a", None, 0);
+        let next = |in_use| step(&k, Some("b"), in_use, at(100));
+        assert_eq!(next(false), Step::Hold);
+        assert_eq!(next(true), Step::Schedule);
     }
 
     #[test]
     fn a_scheduled_key_waits_for_its_deadline_then_is_deleted() {
         let k = key("a", Some(160), 0);
-        assert_eq!(
-            step(&k, Some("b"), true, at(100)),
-            Step::Wait(Duration::from_secs(60))
-        );
-        assert_eq!(step(&k, Some("b"), true, at(160)), Step::Delete);
-        assert_eq!(
-            step(&k, Some("b"), false, at(200)),
-            Step::Delete,
-            "a deadline, once set, stands"
-        );
+        let next = |in_use, t| step(&k, Some("b"), in_use, at(t));
+        assert_eq!(next(true, 100), Step::Wait(Duration::from_secs(60)));
+        assert_eq!(next(true, 160), Step::Delete);
+        let stands = "a deadline, once set, stands";
+        assert_eq!(next(false, 200), Step::Delete, "{stands}");
     }
 
     #[test]
     fn failed_deletions_back_off() {
         let k = key("a", Some(100), 3);
-        assert_eq!(
-            step(&k, Some("b"), true, at(110)),
-            Step::Wait(Duration::from_secs(10))
-        );
-        assert_eq!(step(&k, Some("b"), true, at(120)), Step::Delete);
+        let next = |t| step(&k, Some("b"), true, at(t));
+        assert_eq!(next(110), Step::Wait(Duration::from_secs(10)));
+        assert_eq!(next(120), Step::Delete);
         assert_eq!(DELETE_RETRY.after(40), Duration::from_secs(600));
     }
 

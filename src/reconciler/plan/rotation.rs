@@ -216,43 +216,30 @@ mod tests {
             wanted_role: "Manager",
             replacing: false,
         };
-        let later = ago(-1);
-        assert_eq!(replace_cause(&recorded, &idle, ago(1)), None);
-        assert_eq!(
-            replace_cause(&recorded, &idle, later),
-            Some(ReplaceCause::Scheduled)
-        );
+        let cause = |state: &RotationState, at| replace_cause(&recorded, state, at);
+        assert_eq!(cause(&idle, ago(1)), None);
+        assert_eq!(cause(&idle, ago(-1)), Some(ReplaceCause::Scheduled));
         let requested = RotationState {
             requested: Some("v2"),
             ..idle
         };
-        assert_eq!(
-            replace_cause(&recorded, &requested, ago(1)),
-            Some(ReplaceCause::Requested)
-        );
+        assert_eq!(cause(&requested, ago(1)), Some(ReplaceCause::Requested));
         let role = RotationState {
             wanted_role: "Writer",
             ..idle
         };
-        assert_eq!(
-            replace_cause(&recorded, &role, ago(1)),
-            Some(ReplaceCause::RoleChanged)
-        );
+        assert_eq!(cause(&role, ago(1)), Some(ReplaceCause::RoleChanged));
         let unknown_role = RotationState {
             recorded_role: "",
-            wanted_role: "Writer",
-            ..idle
+            ..role
         };
-        assert_eq!(replace_cause(&recorded, &unknown_role, ago(1)), None);
+        assert_eq!(cause(&unknown_role, ago(1)), None);
         let busy = RotationState {
             replacing: true,
             ..requested
         };
-        assert_eq!(
-            replace_cause(&recorded, &busy, ago(1)),
-            None,
-            "a rotation asked for during a replacement runs after it"
-        );
+        let during = "a rotation asked for during a replacement runs after it";
+        assert_eq!(cause(&busy, ago(1)), None, "{during}");
         assert_eq!(
             replace_cause(&Recorded::default(), &requested, ago(1)),
             None,
