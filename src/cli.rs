@@ -254,7 +254,11 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     // which the watches need): a hung API server then costs one failed call, not a held slot.
     let mut calls = config.clone();
     calls.read_timeout = Some(API_CALL_READ_TIMEOUT);
-    let client = kube::Client::try_from(calls).map_err(CliError::KubeClient)?;
+    let client = kube::Client::try_from(calls.clone()).map_err(CliError::KubeClient)?;
+    // The lease's calls are never replayed by the client (kube retries 429/503/504 for minutes
+    // by default): a renewal either lands within the renew deadline or counts as failed.
+    calls.default_retry = false;
+    let lease_client = kube::Client::try_from(calls).map_err(CliError::KubeClient)?;
     let watch_client = kube::Client::try_from(config).map_err(CliError::KubeClient)?;
 
     // Fail fast, with the fix in the message, when the CRD is missing.
@@ -285,7 +289,7 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
     };
     let elector = match args.leader_elect {
         true => Some(elector(
-            client.clone(),
+            lease_client,
             args.leader_election_namespace.clone(),
         )?),
         false => None,
