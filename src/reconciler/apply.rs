@@ -36,9 +36,13 @@ pub(super) async fn apply(
 ) -> Result<Action, ReconcileError> {
     let valid = validate_with(request, ctx.settings.min_rotation_interval)?;
     let (api_key, api_key_secret) = api_key::read(ctx, request).await?;
+    // A changed API key is checked against IBM Cloud at once. A process that has not seen this
+    // request yet has nothing to compare with: it trusts the status and the Secret, and the
+    // request's next full refresh (spread over one interval) checks the key.
     let previous_api_key = ctx.remember_api_key(request, api_key.clone());
-    if previous_api_key.as_ref() == Some(&api_key)
-        && let Some(wait) = in_sync_for(ctx, request, &valid).await?
+    let first_look = previous_api_key.is_none();
+    if (first_look || previous_api_key.as_ref() == Some(&api_key))
+        && let Some(wait) = in_sync_for(ctx, request, &valid, first_look).await?
     {
         info!(
             reason = reason::KEY_SYNCED,
@@ -255,10 +259,12 @@ async fn in_sync_for(
     ctx: &Context,
     request: &IngestionKeyRequest,
     valid: &ValidSpec,
+    first_look: bool,
 ) -> Result<Option<Duration>, ReconcileError> {
     let now = Timestamp::now();
     let last = plan::last_sync(request, ctx.remembered_sync(request), now);
-    let FastPath::ReadSecret { fingerprint, wait } = plan::fast_path(request, valid, last, now)
+    let FastPath::ReadSecret { fingerprint, wait } =
+        plan::fast_path(request, valid, last, now, first_look)
     else {
         return Ok(None);
     };

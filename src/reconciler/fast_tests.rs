@@ -78,10 +78,30 @@ impl Fixture {
 
     /// Reconciles the request as stored now; the error's reason on failure.
     async fn reconcile(&self) -> Result<(), &'static str> {
-        reconcile(Arc::new(self.request()), self.ctx.clone())
+        self.reconcile_in(self.ctx.clone()).await
+    }
+
+    /// Reconciles the request as stored now in the process whose context is `ctx`.
+    async fn reconcile_in(&self, ctx: Arc<Context>) -> Result<(), &'static str> {
+        reconcile(Arc::new(self.request()), ctx)
             .await
             .map(drop)
             .map_err(|e| e.reason())
+    }
+
+    /// The context of a new operator process (after a restart or a failover): nothing in memory.
+    fn new_process(&self) -> Arc<Context> {
+        let endpoints =
+            Endpoints::new(&self.sim.base_url(), &self.sim.base_url()).expect("endpoints");
+        let ibm = IbmCloud::new(endpoints, ClientConfig::default()).expect("client");
+        let settings = self.ctx.settings.clone();
+        let ctx = Context::new(
+            self.api.client(),
+            ibm,
+            Arc::new(Metrics::default()),
+            settings,
+        );
+        Arc::new(ctx)
     }
 
     /// Reconciles until Ready (a reconcile may end early to be called again, as the controller
@@ -271,5 +291,46 @@ async fn one_namespace_never_takes_every_reconcile_slot() {
     assert!(
         ctx.namespace_slot("busy").is_some(),
         "a slot given back is taken again"
+    );
+}
+
+/// A new process (a restart, a failover) finds the request in sync from its status and the
+/// Secret alone: no IBM Cloud call and no write, so thousands of requests do not all re-read their
+/// key at once when the operator starts.
+#[tokio::test]
+async fn a_new_process_reads_nothing_from_ibm_for_a_request_in_sync() {
+    let f = Fixture::new().await;
+    f.sync().await;
+    f.api.forget_calls();
+    f.sim.reset_calls();
+    f.reconcile_in(f.new_process())
+        .await
+        .expect("first reconcile after a restart");
+    assert_eq!(f.writes(), Vec::<String>::new());
+    assert!(
+        f.sim.calls().values().all(|&n| n == 0),
+        "{:?}",
+        f.sim.calls()
+    );
+}
+
+/// A request whose last status write is older than its refresh interval (in-sync refreshes write
+/// nothing, so this is the usual case): a new process does not refresh it at once but at its
+/// point of the interval, so a restart does not re-read every key at once.
+#[tokio::test]
+async fn a_new_process_spreads_refreshes_that_look_overdue() {
+    let f = Fixture::new().await;
+    f.sync().await;
+    f.api.edit(REQUEST, |request| {
+        request["status"]["lastSyncTime"] = json!("2020-01-01T00:00:00Z");
+    });
+    f.sim.reset_calls();
+    f.reconcile_in(f.new_process())
+        .await
+        .expect("after a restart");
+    assert!(
+        f.sim.calls().values().all(|&n| n == 0),
+        "a new process: {:?}",
+        f.sim.calls()
     );
 }

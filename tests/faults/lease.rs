@@ -170,3 +170,91 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     drop(standby);
     env.finish().await;
 }
+
+/// A failover with 50 requests in sync: the new leader reconciles every one of them from their
+/// status and Secrets alone, with no IBM Cloud call and no write (before, it re-read every key at
+/// once: one call per request after each deploy or failover), and a request created while the
+/// leader was dead is Ready as soon as the new leader runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_reads_no_key_again_and_writes_nothing() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("failover-cost").await;
+    let args = ["--leader-elect", "--leader-election-namespace", ns.as_str()];
+    let mut env = Env::in_namespace(ns.clone(), cp.kubeconfig_path(), &args).await;
+    let standby = env.replica(&args);
+    standby.wait_ready().await;
+    wait_for("the first replica to lead", WAIT, || async {
+        env.operator.is_leader().await
+    })
+    .await;
+    env.serve_first_request("r0").await;
+    let names: Vec<String> = (1..50).map(|i| format!("r{i}")).collect();
+    for name in &names {
+        env.create_at(name).await;
+    }
+    for name in &names {
+        env.wait_ready(name).await;
+    }
+    let versions_before = resource_versions(&env).await;
+    env.sim.reset_calls();
+
+    env.operator.kill9();
+    let killed = Instant::now();
+    env.create_at("during").await;
+    wait_for("the standby to lead", WAIT, || async {
+        standby.is_leader().await
+    })
+    .await;
+    env.wait_ready("during").await;
+    let ready = killed.elapsed();
+    // Every request of before goes through one reconcile in the new leader.
+    let reconciled = || async {
+        standby
+            .metric("ingestion_key_operator_reconcile_total{result=\"success\"}")
+            .await
+    };
+    wait_for("the new leader to reconcile all 51", WAIT, || async {
+        reconciled().await >= 51.0
+    })
+    .await;
+    let calls = env.sim.calls();
+    let key_reads = calls
+        .get("GET /v2/resource_keys/{id}")
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "failover: a request created after the leader's death Ready in {ready:?}; the new leader \
+         reconciled {} requests with these IBM Cloud calls: {calls:?}",
+        reconciled().await
+    );
+    assert_eq!(key_reads, 0, "no key of a request in sync is read again");
+    let mut versions_after = resource_versions(&env).await;
+    versions_after.retain(|(name, _)| !name.contains("during"));
+    assert_eq!(
+        versions_after, versions_before,
+        "nothing of before was written"
+    );
+    drop(standby);
+    env.finish().await;
+}
+
+/// (name, resourceVersion) of every request and Secret of the environment's namespace, sorted.
+async fn resource_versions(env: &Env) -> Vec<(String, String)> {
+    use kube::ResourceExt;
+    let params = kube::api::ListParams::default();
+    let requests = env.requests().list(&params).await.expect("requests");
+    let secrets = env.secrets_api().list(&params).await.expect("Secrets");
+    let mut versions: Vec<(String, String)> = requests
+        .items
+        .iter()
+        .map(|r| (r.name_any(), r.resource_version().unwrap_or_default()))
+        .chain(secrets.items.iter().map(|s| {
+            (
+                format!("Secret {}", s.name_any()),
+                s.resource_version().unwrap_or_default(),
+            )
+        }))
+        .collect();
+    versions.sort();
+    versions
+}

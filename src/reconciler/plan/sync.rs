@@ -59,11 +59,18 @@ pub enum FastPath {
 
 /// Whether the request may stay in sync without asking IBM Cloud: it is Ready for its current
 /// generation, its refresh is not due, and nothing of its key's lifecycle is under way or due.
+///
+/// `first_look`: this process has not synced the request yet (it just started, or took over as
+/// leader). An in-sync refresh writes nothing, so the status cannot tell when the last refresh
+/// ran: instead of refreshing every request at once (thousands of IBM Cloud calls after each
+/// deploy or failover), a request the status and the Secret show in sync has its next refresh at a
+/// point of one refresh interval fixed by its UID ([`first_refresh_in`]).
 pub fn fast_path(
     request: &IngestionKeyRequest,
     valid: &ValidSpec,
     last: Option<SyncAge>,
     now: Timestamp,
+    first_look: bool,
 ) -> FastPath {
     let Some((fingerprint, age)) = last else {
         return FastPath::FullSync;
@@ -73,14 +80,28 @@ pub fn fast_path(
     };
     // Refreshes are spread by +-10%: one that fires early must still do the full sync.
     let refresh_interval = valid.refresh_interval;
-    if age >= refresh_interval.mul_f64(0.85) {
+    let wait = if age < refresh_interval.mul_f64(0.85) {
+        refresh_interval.saturating_sub(age)
+    } else if first_look {
+        first_refresh_in(&request.uid().unwrap_or_default(), refresh_interval)
+    } else {
         return FastPath::FullSync;
-    }
-    let wait = refresh_interval.saturating_sub(age);
+    };
     FastPath::ReadSecret {
         fingerprint,
         wait: until_rotation.map_or(wait, |r| r.min(wait)),
     }
+}
+
+/// When a new process first refreshes a request that is in sync: a point between 5% and 100%
+/// of `interval`, fixed by the request's UID, so that the refreshes of all requests spread evenly
+/// over the first interval as they do in a process that has been running.
+pub fn first_refresh_in(uid: &str, interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut hasher);
+    let share = 0.05 + 0.95 * (hasher.finish() % 10_000) as f64 / 10_000.0;
+    interval.mul_f64(share)
 }
 
 /// Whether the Secret is ours and holds exactly what a sync to `fingerprint` would write.
@@ -225,6 +246,24 @@ mod tests {
     use super::*;
 
     const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn first_refreshes_spread_over_the_interval() {
+        let interval = Duration::from_secs(3600);
+        let waits: Vec<Duration> = (0..200)
+            .map(|i| first_refresh_in(&format!("uid-{i}"), interval))
+            .collect();
+        assert!(waits.iter().all(|w| *w >= interval / 20 && *w <= interval));
+        let first_half = waits.iter().filter(|w| **w < interval / 2).count();
+        assert!(
+            (70..130).contains(&first_half),
+            "{first_half} of 200 in the first half"
+        );
+        assert_eq!(
+            first_refresh_in("a", interval),
+            first_refresh_in("a", interval)
+        );
+    }
 
     #[test]
     fn the_soonest_wait_wins() {
