@@ -8,14 +8,38 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn,
 };
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+/// What one client may hold of the admin server: scrapes and probes are small and quick, so a
+/// client that sends its request slowly, or many clients at once, are cut off instead of holding
+/// the process's memory and file descriptors.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long one connection may stay open (keep-alive included).
+    pub connection_lifetime: Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(120),
+            max_connections: 64,
+        }
+    }
+}
 
 /// Renders the metrics page on demand.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
@@ -31,25 +55,38 @@ pub struct AdminState {
     pub metrics: MetricsRenderer,
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
+/// Serves the admin endpoints on `listener` until `shutdown` resolves, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => return,
         };
         let Ok((stream, _)) = accepted else { continue };
+        // Over the cap: the connection is closed at once (dropped).
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(respond(&state, &request)) }
             });
-            // A client that hangs up early is not worth a log line.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            // A client that hangs up early, or outstays its time, is not worth a log line.
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+            drop(slot);
         });
     }
 }
@@ -106,7 +143,7 @@ mod tests {
             metrics: Arc::new(|| "some_metric 1\n".to_string()),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, state, async {
+        let server = tokio::spawn(serve(listener, state, Limits::default(), async {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::new();
@@ -131,5 +168,49 @@ mod tests {
         assert_eq!(get("/nope").await.unwrap().status(), 404);
         stop.send(()).unwrap();
         server.await.unwrap();
+    }
+
+    /// A client that opens a connection and sends nothing is cut off after the header timeout,
+    /// and connections beyond the cap are closed on accept while the others are served.
+    #[tokio::test]
+    async fn slow_and_surplus_clients_are_cut_off() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(true)),
+            api_server_answers: Arc::new(AtomicBool::new(true)),
+            metrics: Arc::new(String::new),
+        };
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(200),
+            connection_lifetime: Duration::from_secs(60),
+            max_connections: 2,
+        };
+        tokio::spawn(serve(listener, state, limits, std::future::pending()));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut also_silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut surplus = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0_u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), surplus.read(&mut byte)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0) | Err(_))),
+            "over the cap: closed at once"
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+        assert!(
+            closed.is_ok(),
+            "a silent client is cut off after the header timeout"
+        );
+        let _ = also_silent.read(&mut byte).await;
+        // Both slots are free again: a real request is served.
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }

@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller (uses KUBECONFIG or the in-cluster configuration).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the IngestionKeyRequest CustomResourceDefinition as YAML.
     Crd,
 }
@@ -95,6 +95,12 @@ pub struct RunArgs {
     /// takes at most 30 s a try, each Kubernetes API call 30 s).
     #[arg(long, default_value = "5m", value_parser = duration_arg)]
     pub reconcile_deadline: Duration,
+    /// Use only API key Secrets labelled keysync.dev/api-key=true and restart only workloads
+    /// annotated keysync.dev/restart-on-credential-change=true: a request's author cannot, through
+    /// the operator, use a Secret or restart a workload whose owner did not agree (the chart's
+    /// default).
+    #[arg(long)]
+    pub require_opt_in: bool,
     /// Process-wide budget of IBM Cloud requests per second.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub ibm_max_rps: u32,
@@ -233,7 +239,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             print!("{}", crd_yaml()?);
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
@@ -286,6 +292,7 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         concurrency: args.concurrency,
         min_rotation_interval: args.min_rotation_interval,
         reconcile_deadline: args.reconcile_deadline,
+        require_opt_in: args.require_opt_in,
     };
     let elector = match args.leader_elect {
         true => Some(elector(
@@ -323,6 +330,7 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
             api_server_answers,
             metrics: render,
         },
+        admin::Limits::default(),
         shutdown.clone(),
     ));
     let scope = if args.namespaces.is_empty() {

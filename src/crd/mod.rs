@@ -37,6 +37,17 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub const MIN_ROTATION_INTERVAL: Duration = Duration::from_secs(3600);
 /// Annotation on a request: any new value asks for one rotation of its key.
 pub const ROTATE_ANNOTATION: &str = "keysync.dev/rotate";
+/// Label by which an API key Secret opts in to serve the requests of its namespace (required with
+/// `--require-opt-in`).
+pub const API_KEY_OPT_IN_LABEL: &str = "keysync.dev/api-key";
+/// Annotation of an API key Secret: the only roles (comma-separated) requests may ask of it.
+pub const ALLOWED_ROLES_ANNOTATION: &str = "keysync.dev/allowed-roles";
+/// Annotation of an API key Secret: the only credential fields (comma-separated) requests may copy
+/// with it (for example `ingestion_key`, so that no request mints an IAM API key with it).
+pub const ALLOWED_CREDENTIAL_FIELDS_ANNOTATION: &str = "keysync.dev/allowed-credential-fields";
+/// Annotation by which a workload opts in to being restarted by requests of its namespace
+/// (required with `--require-opt-in`).
+pub const RESTART_OPT_IN_ANNOTATION: &str = "keysync.dev/restart-on-credential-change";
 /// Pod-template annotation set on restart targets: the fingerprint of the credential they must
 /// run with (a change rolls them out, as `kubectl rollout restart` does).
 pub const FINGERPRINT_ANNOTATION: &str = "keysync.dev/credential-fingerprint";

@@ -5,6 +5,9 @@
 pub const KEY_SYNCED: &str = "KeySynced";
 pub const INVALID_SPEC: &str = "InvalidSpec";
 pub const API_KEY_SECRET_NOT_FOUND: &str = "ApiKeySecretNotFound";
+/// The API key Secret exists but does not allow this request (not opted in, or it narrows the
+/// roles or credential fields): it was not read.
+pub const API_KEY_SECRET_NOT_ALLOWED: &str = "ApiKeySecretNotAllowed";
 pub const API_KEY_INVALID: &str = "ApiKeyInvalid";
 pub const PERMISSION_DENIED: &str = "PermissionDenied";
 pub const INSTANCE_NOT_FOUND: &str = "InstanceNotFound";
@@ -20,9 +23,10 @@ pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
 
 /// Every reason a failed reconcile can report (`ReconcileError::reason` in the reconciler): the
 /// metrics start each of them at 0, so that `rate()` and absence alerts work from the start.
-pub const FAILURES: [&str; 13] = [
+pub const FAILURES: [&str; 14] = [
     INVALID_SPEC,
     API_KEY_SECRET_NOT_FOUND,
+    API_KEY_SECRET_NOT_ALLOWED,
     API_KEY_INVALID,
     PERMISSION_DENIED,
     INSTANCE_NOT_FOUND,

@@ -13,30 +13,58 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use super::{Context, ReconcileError};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::{Context, ReconcileError, plan};
 use crate::{
     crd::{API_KEY_FINALIZER, DeletionPolicy, IngestionKeyRequest},
     redact::SecretString,
 };
 
-/// The API key and its Secret, in the request's own namespace only.
+/// The API key and its Secret, in the request's own namespace only, when the Secret allows the
+/// request (see [`plan::access`]). With `--require-opt-in` its metadata is read first, so that a
+/// Secret that has not opted in is never read; otherwise it is read once and its narrowing
+/// annotations are checked before its value is used.
 pub(super) async fn read(
     ctx: &Context,
     request: &IngestionKeyRequest,
 ) -> Result<(SecretString, Secret), ReconcileError> {
     let reference = &request.spec.api_key_secret_ref;
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
-    let Some(secret) = api
+    let namespace = request.namespace().unwrap_or_default();
+    let not_found = || ReconcileError::ApiKeySecretNotFound {
+        name: reference.name.clone(),
+        key: reference.key.clone(),
+    };
+    let allow = |metadata: &ObjectMeta| {
+        let (labels, annotations) = (
+            metadata.labels.clone().unwrap_or_default(),
+            metadata.annotations.clone().unwrap_or_default(),
+        );
+        let require = ctx.settings.require_opt_in;
+        plan::access::api_key_use(request, &labels, &annotations, require).map_err(|why| {
+            ReconcileError::ApiKeySecretNotAllowed {
+                name: reference.name.clone(),
+                why,
+            }
+        })
+    };
+    if ctx.settings.require_opt_in {
+        let metadata: Api<PartialObjectMeta<Secret>> =
+            Api::namespaced(ctx.client.clone(), &namespace);
+        let seen = metadata
+            .get_metadata_opt(&reference.name)
+            .await
+            .map_err(ReconcileError::kube("read the API key Secret's metadata"))?
+            .ok_or_else(not_found)?;
+        allow(&seen.metadata)?;
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = api
         .get_opt(&reference.name)
         .await
         .map_err(ReconcileError::kube("read the API key Secret"))?
-    else {
-        return Err(ReconcileError::ApiKeySecretNotFound {
-            name: reference.name.clone(),
-            key: reference.key.clone(),
-        });
-    };
+        .ok_or_else(not_found)?;
+    allow(&secret.metadata)?;
     let data = secret.data.as_ref();
     let value = data
         .and_then(|data| data.get(&reference.key))
@@ -46,12 +74,15 @@ pub(super) async fn read(
         .map(SecretString::from);
     match value {
         Some(value) => Ok((value, secret)),
+        // The names of the Secret's other keys are told only when it has opted in: a request's
+        // author may not be allowed to read the Secret.
         None => Err(ReconcileError::ApiKeyMissingInSecret {
             name: reference.name.clone(),
             key: reference.key.clone(),
-            present: data
-                .map(|d| d.keys().cloned().collect())
-                .unwrap_or_default(),
+            present: plan::access::api_key_opted_in(secret.labels()).then(|| {
+                data.map(|d| d.keys().cloned().collect())
+                    .unwrap_or_default()
+            }),
         }),
     }
 }

@@ -37,6 +37,9 @@ pub struct Settings {
     /// The longest one reconcile may take; past it, it stops where it is (every step resumes
     /// from status) and is retried, so that hung calls do not hold a slot for ever.
     pub reconcile_deadline: Duration,
+    /// Use only API key Secrets labelled `keysync.dev/api-key=true` and restart only workloads
+    /// annotated `keysync.dev/restart-on-credential-change=true` (`--require-opt-in`).
+    pub require_opt_in: bool,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             concurrency: 16,
             min_rotation_interval: crate::crd::MIN_ROTATION_INTERVAL,
             reconcile_deadline: Duration::from_secs(300),
+            require_opt_in: false,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! stable condition reason (listed in docs/reference.md). Messages never contain key material.
 
 use crate::{
-    crd::{SpecError, reason},
+    crd::{API_KEY_OPT_IN_LABEL, SpecError, reason},
     ibm::{ErrorKind, IbmError},
 };
 
@@ -23,9 +23,13 @@ pub enum ReconcileError {
     ApiKeyMissingInSecret {
         name: String,
         key: String,
-        /// Names of the data keys the Secret does have (never their values).
-        present: Vec<String>,
+        /// Names of the data keys the Secret does have (never their values); `None` when the
+        /// Secret has not opted in, whose keys the request's author may not be allowed to see.
+        present: Option<Vec<String>>,
     },
+
+    #[error("API key Secret {name:?} may not be used by this request: {why}")]
+    ApiKeySecretNotAllowed { name: String, why: String },
 
     #[error(
         "IAM rejected the API key in Secret {secret:?} ({source}): put a valid IBM Cloud API key in the Secret"
@@ -113,11 +117,11 @@ pub enum ReconcileError {
     },
 }
 
-fn present_keys(present: &[String]) -> String {
-    if present.is_empty() {
-        "none".into()
-    } else {
-        present.join(", ")
+fn present_keys(present: &Option<Vec<String>>) -> String {
+    match present {
+        None => format!("not listed until the Secret is labelled {API_KEY_OPT_IN_LABEL}=true"),
+        Some(keys) if keys.is_empty() => "none".into(),
+        Some(keys) => keys.join(", "),
     }
 }
 
@@ -130,6 +134,7 @@ impl ReconcileError {
             Self::ApiKeySecretNotFound { .. } | Self::ApiKeyMissingInSecret { .. } => {
                 API_KEY_SECRET_NOT_FOUND
             }
+            Self::ApiKeySecretNotAllowed { .. } => API_KEY_SECRET_NOT_ALLOWED,
             Self::ApiKeyInvalid { .. } => API_KEY_INVALID,
             Self::PermissionDenied { .. } | Self::CredentialsRedacted { .. } => PERMISSION_DENIED,
             Self::InstanceNotFound { .. } => INSTANCE_NOT_FOUND,

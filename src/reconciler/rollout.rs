@@ -19,11 +19,11 @@ use kube::{
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::{Context, ReconcileError, status};
+use super::{Context, ReconcileError, plan, status};
 use crate::crd::reason;
 use crate::crd::{
-    FIELD_MANAGER, FINGERPRINT_ANNOTATION, IngestionKeyRequest, RestartKind, RestartTarget,
-    RolloutStatus,
+    FIELD_MANAGER, FINGERPRINT_ANNOTATION, IngestionKeyRequest, RESTART_OPT_IN_ANNOTATION,
+    RestartKind, RestartTarget, RolloutStatus,
 };
 
 /// Where the roll-out to the current credential stands.
@@ -159,6 +159,14 @@ async fn visit(
             });
         }
     };
+    // Only the one pod-template annotation below is ever written, and only on a workload that
+    // agreed to it when opt-in is required: a request's author cannot restart what they like.
+    let opted_in = object.metadata.annotations.as_ref();
+    if !plan::access::restart_allowed(opted_in, ctx.settings.require_opt_in) {
+        return Ok(TargetState::Missing(format!(
+            "{label} has not opted in to restarts (annotate it {RESTART_OPT_IN_ANNOTATION}=true)"
+        )));
+    }
     let template_fingerprint = object
         .data
         .pointer("/spec/template/metadata/annotations")

@@ -16,7 +16,7 @@ pub use futures::future::BoxFuture;
 pub use ibm_cloud_sim::{Seed, Simulator};
 
 pub use ingestion_key_operator::{
-    crd::{IngestionKeyRequest, PendingKeyCreation, reason},
+    crd::{API_KEY_OPT_IN_LABEL, IngestionKeyRequest, PendingKeyCreation, reason},
     ibm::{
         ClientConfig, CreateKeyRequest, Endpoints, ErrorKind, IbmApi, IbmCloud, IbmError,
         InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey,

@@ -20,3 +20,4 @@ mod control_plane;
 mod controller;
 mod monitoring;
 mod operations;
+mod security;

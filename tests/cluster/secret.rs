@@ -47,7 +47,7 @@ async fn the_api_key_secret_is_never_the_target_and_no_key_is_minted() {
 }
 
 #[tokio::test]
-async fn a_missing_api_key_field_names_the_keys_the_secret_has() {
+async fn a_missing_api_key_field_names_the_keys_only_of_a_secret_that_opted_in() {
     let h = Harness::new("rec-field").await;
     let mut spec = spec_on(AT_GUID);
     spec["apiKeySecretRef"]["key"] = "api_key".into();
@@ -55,6 +55,24 @@ async fn a_missing_api_key_field_names_the_keys_the_secret_has() {
     let error = h.reconcile("at").await.expect_err("no such key");
     assert_eq!(error.reason(), reason::API_KEY_SECRET_NOT_FOUND);
     let message = error.to_string();
+    assert!(
+        !message.contains("apikey") && message.contains("not listed"),
+        "the author of a request may not be allowed to read the Secret: {message}"
+    );
+    let label = serde_json::json!({"metadata": {"labels": {API_KEY_OPT_IN_LABEL: "true"}}});
+    h.secrets()
+        .patch(
+            "ibmcloud-api-key",
+            &PatchParams::default(),
+            &Patch::Merge(label),
+        )
+        .await
+        .expect("label the API key Secret");
+    let message = h
+        .reconcile("at")
+        .await
+        .expect_err("no such key")
+        .to_string();
     assert!(message.contains("keys present: apikey"), "{message}");
     assert!(!message.contains(MANAGER_KEY), "names only, never values");
 }

@@ -3,6 +3,7 @@
 //! `reconciler/` gather those inputs, ask here, and carry out the answer; nothing here does I/O,
 //! so every branch is unit-tested beside it.
 //!
+//! - `access`: whether a request may use its API key Secret and restart its targets;
 //! - `keys`: which key a request uses, whether it may create one, how a found key is recorded;
 //! - `rotation`: whether the key is replaced and why, replacement names, the schedule;
 //! - `retire`: what to do now about each replaced key;
@@ -10,6 +11,7 @@
 //! - `sync`: whether a request is in sync without asking IBM Cloud, which credential the Secret
 //!   gets, the Ready message, and when to look again.
 
+pub mod access;
 pub mod deletion;
 pub mod keys;
 pub mod retire;

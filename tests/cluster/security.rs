@@ -1,0 +1,196 @@
+//! No confused deputy: with `--require-opt-in`, a user who may only create requests in a namespace
+//! cannot, through the operator, use an API key Secret whose owner did not opt it in, learn its
+//! keys, mint a credential the Secret does not allow, or restart a workload that did not agree.
+//! The user is impersonated on the real API server with exactly those rights.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::json;
+use test_support::env::{Env, MANAGER_KEY, ready_message};
+use test_support::workloads::{agent_daemonset, template_fingerprint};
+use test_support::{WAIT, wait_for};
+
+use ingestion_key_operator::crd::{
+    ALLOWED_CREDENTIAL_FIELDS_ANNOTATION, API_KEY_FINALIZER, API_KEY_OPT_IN_LABEL,
+    IngestionKeyRequest, RESTART_OPT_IN_ANNOTATION,
+};
+
+const USER: &str = "alice";
+
+/// An environment whose operator requires opt-in, and a client acting as [`USER`], who may
+/// create and read requests in the namespace and nothing else (no Secret, no workload).
+async fn as_request_author(prefix: &str) -> (Env, Api<IngestionKeyRequest>) {
+    let env = Env::with_operator_args(prefix, &["--require-opt-in"]).await;
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "request-author"},
+        "rules": [{"apiGroups": ["keysync.dev"], "resources": ["ingestionkeyrequests"],
+                   "verbs": ["create", "get", "list", "watch"]}],
+    }))
+    .expect("Role JSON");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "request-author"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "request-author"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}],
+    }))
+    .expect("RoleBinding JSON");
+    let post = PostParams::default();
+    Api::<Role>::namespaced(env.client.clone(), &env.ns)
+        .create(&post, &role)
+        .await
+        .expect("Role");
+    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
+        .create(&post, &binding)
+        .await
+        .expect("RoleBinding");
+    let mut kubeconfig = Kubeconfig::read_from(env.cp.kubeconfig_path()).expect("kubeconfig");
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            auth.impersonate = Some(USER.into());
+        }
+    }
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("impersonating config");
+    let client = kube::Client::try_from(config).expect("impersonating client");
+    let requests = Api::namespaced(client.clone(), &env.ns);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, &env.ns);
+    assert!(
+        secrets.get("team-key").await.is_err(),
+        "{USER} cannot read Secrets herself"
+    );
+    (env, requests)
+}
+
+async fn create_as(api: &Api<IngestionKeyRequest>, name: &str, spec: serde_json::Value) {
+    let request: IngestionKeyRequest = serde_json::from_value(json!({
+        "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("request JSON");
+    api.create(&PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("{USER} creates request {name}: {e}"));
+}
+
+fn spec(extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "team-key"}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    spec
+}
+
+async fn label_opt_in(env: &Env, annotations: serde_json::Value) {
+    let patch =
+        json!({"metadata": {"labels": {API_KEY_OPT_IN_LABEL: "true"}, "annotations": annotations}});
+    env.secrets_api()
+        .patch("team-key", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("the Secret's owner opts it in");
+}
+
+/// A Secret that has not opted in is neither read nor pinned, and nothing tells its keys; once
+/// its owner labels it, the same request is served.
+#[tokio::test]
+async fn an_api_key_secret_serves_only_once_its_owner_opted_it_in() {
+    let (env, author) = as_request_author("optin-secret").await;
+    env.api_key_secret("team-key", MANAGER_KEY).await;
+    create_as(&author, "agent", spec(json!({}))).await;
+    let request = env.wait_reason("agent", "ApiKeySecretNotAllowed").await;
+    let message = ready_message(&request);
+    assert!(
+        message.contains(API_KEY_OPT_IN_LABEL),
+        "says what to add: {message}"
+    );
+    let events = format!("{:?}", env.events().await);
+    for text in [&message, &events] {
+        assert!(
+            !text.contains("apikey"),
+            "no data key of the Secret is named: {text}"
+        );
+    }
+    let secret = env.secret("team-key").await.expect("the API key Secret");
+    assert!(
+        !secret
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == API_KEY_FINALIZER),
+        "the Secret is not pinned"
+    );
+    assert!(
+        env.sim.calls().values().all(|&n| n == 0),
+        "no IBM Cloud call: {:?}",
+        env.sim.calls()
+    );
+
+    label_opt_in(&env, json!({})).await;
+    env.wait_ready("agent").await;
+    env.finish().await;
+}
+
+/// A Secret opted in for ingestion keys only: a request asking it to mint an IAM API key
+/// (`credentialField: apikey`) is refused before any IBM Cloud call.
+#[tokio::test]
+async fn an_api_key_secret_may_forbid_minting_api_keys() {
+    let (env, author) = as_request_author("optin-field").await;
+    env.api_key_secret("team-key", MANAGER_KEY).await;
+    label_opt_in(
+        &env,
+        json!({ALLOWED_CREDENTIAL_FIELDS_ANNOTATION: "ingestion_key"}),
+    )
+    .await;
+    let minting = spec(json!({"resourceKey": {"role": "Sender", "credentialField": "apikey"}}));
+    create_as(&author, "minter", minting).await;
+    let request = env.wait_reason("minter", "ApiKeySecretNotAllowed").await;
+    let message = ready_message(&request);
+    assert!(
+        message.contains(ALLOWED_CREDENTIAL_FIELDS_ANNOTATION),
+        "{message}"
+    );
+    assert!(env.sim.keys().is_empty(), "no key was created");
+    env.finish().await;
+}
+
+/// Of two restart targets, only the workload that opted in gets the credential's fingerprint;
+/// the other is reported and left alone.
+#[tokio::test]
+async fn only_workloads_that_opted_in_are_restarted() {
+    let (env, author) = as_request_author("optin-restart").await;
+    env.api_key_secret("team-key", MANAGER_KEY).await;
+    label_opt_in(&env, json!({})).await;
+    let daemonsets: Api<DaemonSet> = agent_daemonset(&env.client, &env.ns, "agreed").await;
+    agent_daemonset(&env.client, &env.ns, "unasked").await;
+    let agree = json!({"metadata": {"annotations": {RESTART_OPT_IN_ANNOTATION: "true"}}});
+    daemonsets
+        .patch("agreed", &PatchParams::default(), &Patch::Merge(agree))
+        .await
+        .expect("the workload's owner opts in");
+    let targets = json!({"restartTargets": [
+        {"kind": "DaemonSet", "name": "agreed"}, {"kind": "DaemonSet", "name": "unasked"},
+    ]});
+    create_as(&author, "agent", spec(targets)).await;
+    wait_for("the opted-in workload to be restarted", WAIT, || async {
+        daemonsets
+            .get("agreed")
+            .await
+            .ok()
+            .and_then(|ds| template_fingerprint(&ds))
+            .is_some()
+    })
+    .await;
+    wait_for("the other one to be reported", WAIT, || async {
+        env.events().await.iter().any(|(_, reason, note)| {
+            reason == "RestartTargetNotFound"
+                && note.contains("unasked")
+                && note.contains(RESTART_OPT_IN_ANNOTATION)
+        })
+    })
+    .await;
+    let unasked = daemonsets.get("unasked").await.expect("DaemonSet");
+    assert_eq!(template_fingerprint(&unasked), None, "not restarted");
+    env.finish().await;
+}
