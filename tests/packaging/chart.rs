@@ -154,7 +154,9 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
             "--log-format=json".into(),
             "--leader-elect".into(),
             format!("--leader-election-namespace={ns}"),
-        ]
+            "--require-opt-in".into(),
+        ],
+        "API key Secrets and restart targets must opt in by default (docs/security.md)"
     );
     assert_endpoints(&objs, "https://");
     assert_eq!(
@@ -211,6 +213,7 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
         "image": {"repository": "registry.example.com/team/ingestion-key-operator", "tag": "0.1.0-rc1"},
         "resources": {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"cpu": "1", "memory": "64Mi"}},
         "extraArgs": ["--concurrency=4"],
+        "security": {"requireOptIn": false},
         "metrics": {"serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prometheus"}}},
         "serviceAccount": {"name": "key-operator", "annotations": {"example.com/owner": "platform"}},
     });
