@@ -208,6 +208,23 @@ impl Harness {
         ));
     }
 
+    /// Makes the next reconcile of `name` its full refresh, as when its refresh interval has
+    /// passed in a running operator: its last sync is moved far back in its status, the operator
+    /// restarts (no memory of its own last sync), and the new process looks at the request once
+    /// (a first look trusts the status and the Secret and calls no one: see
+    /// `plan::sync::fast_path`).
+    pub async fn refresh_due(&mut self, name: &str) {
+        let patch = serde_json::json!({"status": {"lastSyncTime": "2000-01-01T00:00:00Z"}});
+        self.requests()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .expect("move the last sync back");
+        self.restart();
+        self.reconcile(name)
+            .await
+            .expect("the first look of the new process");
+    }
+
     pub fn requests(&self) -> Api<IngestionKeyRequest> {
         Api::namespaced(self.client.clone(), &self.ns)
     }

@@ -29,7 +29,7 @@ async fn a_new_request_creates_one_key_without_looking_anything_up() {
 async fn a_refresh_reads_the_recorded_key_and_creates_nothing() {
     let mut h = Harness::new("rec-refresh").await;
     h.apply("at", spec_on(AT_GUID)).await;
-    h.restart(); // no memory: the full sync runs
+    h.refresh_due("at").await;
     h.sim.reset_calls();
     h.reconcile("at").await.expect("refresh");
     assert_eq!(h.sim.call_count(GET_KEY), 1);
@@ -130,7 +130,7 @@ async fn a_vanished_key_is_replaced_in_the_same_secret() {
         .delete_key(&SecretString::new(MANAGER_KEY), &key_guid(&before))
         .await
         .unwrap();
-    h.restart();
+    h.refresh_due("at").await;
     h.reconcile("at").await.expect("replace");
     let after = h.get("at").await;
     assert_ne!(key_guid(&after), key_guid(&before));
@@ -232,7 +232,7 @@ async fn a_key_reset_in_ibm_cloud_reaches_the_same_secret_at_the_next_refresh() 
     h.apply("at", spec_on(AT_GUID)).await;
     let uid = h.secret("logdna-agent-key").await.uid();
     let rotated = h.sim.reset_ingestion_key(AT_GUID).expect("instance exists");
-    h.restart(); // the refresh: a full sync
+    h.refresh_due("at").await;
     h.reconcile("at").await.expect("refresh");
     assert_eq!(h.secret_value().await.as_deref(), Some(rotated.expose()));
     assert_eq!(

@@ -261,9 +261,9 @@ async fn one_time_credentials_are_kept_and_replaced_only_when_lost() {
             .ingestion_key(ONETIME_GUID)
             .map(|k| k.expose().to_owned())
     );
-    // A restart reads the key: REDACTED, yet the Secret holds the recorded value.
-    h.restart();
-    h.reconcile("at").await.expect("refresh after restart");
+    // A refresh reads the key: REDACTED, yet the Secret holds the recorded value.
+    h.refresh_due("at").await;
+    h.reconcile("at").await.expect("the refresh");
     let refreshed = h.get("at").await;
     assert_eq!(ready_reason(&refreshed).as_deref(), Some("KeySynced"));
     assert_eq!(key_guid(&refreshed), key_guid(&first), "no new key");
