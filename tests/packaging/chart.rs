@@ -53,9 +53,11 @@ fn the_install_notes_warn_about_the_placeholder_image_and_name_the_agents_namesp
 }
 
 #[tokio::test]
-async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide_least_privilege() {
+async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_the_agents_namespace_only()
+ {
     let cp = support::control_plane();
     install_crd(cp);
+    agents_namespace(cp);
     let ns = cp.namespace("chart-default").await;
     let release = release_name("default");
     lint(&json!({}));
@@ -67,25 +69,25 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
     assert_eq!(
         found,
         [
-            "ClusterRole",
-            "ClusterRoleBinding",
             "Deployment",
             "PodDisruptionBudget",
             "Role",
+            "Role-leader-election",
             "RoleBinding",
+            "RoleBinding-leader-election",
             "Service",
             "ServiceAccount"
         ]
         .iter()
-        .map(|k| format!(
-            "{k}/{}",
-            match *k {
-                "Service" => format!("{fullname}-metrics"),
-                "Role" | "RoleBinding" => format!("{fullname}-leader-election"),
-                _ => fullname.clone(),
-            }
-        ))
-        .collect::<Vec<_>>()
+        .map(|k| match *k {
+            "Service" => format!("Service/{fullname}-metrics"),
+            k => match k.split_once('-') {
+                Some((kind, suffix)) => format!("{kind}/{fullname}-{suffix}"),
+                None => format!("{k}/{fullname}"),
+            },
+        })
+        .collect::<Vec<_>>(),
+        "no ClusterRole by default: rights in the agents' namespace only"
     );
     // Two replicas with leader election, rolled one at a time, kept through drains, spread.
     let deployment = find(&objs, "Deployment");
@@ -155,6 +157,7 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
             "--leader-elect".into(),
             format!("--leader-election-namespace={ns}"),
             "--require-opt-in".into(),
+            format!("--namespace={AGENTS_NAMESPACE}"),
         ],
         "API key Secrets and restart targets must opt in by default (docs/security.md)"
     );
@@ -171,24 +174,24 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_cluster_wide
     // Applied for real; the API server accepts every object.
     dry_run_on_server(cp, &manifests);
     apply(cp, &manifests);
+    let sa = format!("system:serviceaccount:{ns}:{fullname}");
+    assert_operator_rights(cp, &sa, AGENTS_NAMESPACE, false, RestartTargets::Granted);
     let other = cp.namespace("chart-default-other").await;
-    assert_operator_rights(
-        cp,
-        &format!("system:serviceaccount:{ns}:{fullname}"),
-        &other,
-        true,
-        RestartTargets::Granted,
+    assert!(
+        !rules_of(cp, &sa, &other).contains_key("secrets"),
+        "no right on the Secrets of a namespace it does not watch"
     );
-    // In its own namespace, the Lease rights on top (leader election).
-    let mut own = operator_rules(RestartTargets::Granted);
-    own.insert(
-        "leases.coordination.k8s.io".into(),
-        BTreeSet::from(["create".to_string(), "get".into(), "update".into()]),
-    );
+    // In its own namespace, the Lease rights only (leader election).
+    let own = rules_of(cp, &sa, &ns);
     assert_eq!(
-        rules_of(cp, &format!("system:serviceaccount:{ns}:{fullname}"), &ns),
-        own
+        own.get("leases.coordination.k8s.io"),
+        Some(&BTreeSet::from([
+            "create".to_string(),
+            "get".into(),
+            "update".into()
+        ]))
     );
+    assert!(!own.contains_key("secrets"), "{own:?}");
 }
 
 #[tokio::test]
@@ -356,7 +359,7 @@ async fn chart_without_restart_target_rights_grants_nothing_on_workloads() {
     let ns = cp.namespace("chart-norestart").await;
     let other = cp.namespace("chart-norestart-other").await;
     let release = release_name("norestart");
-    let values = json!({"rbac": off});
+    let values = json!({"rbac": off, "watchNamespaces": []});
     lint(&values);
     let manifests = render(&release, &ns, &values);
     let role = find(&objects(&manifests), "ClusterRole").clone();
@@ -387,6 +390,7 @@ async fn chart_without_restart_target_rights_grants_nothing_on_workloads() {
 #[tokio::test]
 async fn chart_network_policy_admits_only_the_named_scrapers_and_egress_to_dns_api_and_https() {
     let cp = support::control_plane();
+    agents_namespace(cp);
     let ns = cp.namespace("chart-netpol").await;
     let release = release_name("netpol");
     let prometheus = json!({

@@ -126,6 +126,7 @@ async fn kustomize_base_matches_the_chart_defaults_and_applies() {
     // deploy/kustomization.yaml), less what 1.20 cannot serve (the policy/v1 PDB). The CRD may
     // exist already (other tests): this apply then updates it.
     install_crd(cp);
+    agents_namespace(cp);
     kubectl(
         cp,
         &["apply", "--validate=false", "-f", "-"],
@@ -133,14 +134,8 @@ async fn kustomize_base_matches_the_chart_defaults_and_applies() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     wait_established(cp, "crd/ingestionkeyrequests.keysync.dev");
-    let ns = cp.namespace("kustomize").await;
-    assert_operator_rights(
-        cp,
-        "system:serviceaccount:ingestion-key-operator:ingestion-key-operator",
-        &ns,
-        true,
-        RestartTargets::Granted,
-    );
+    let sa = "system:serviceaccount:ingestion-key-operator:ingestion-key-operator";
+    assert_operator_rights(cp, sa, AGENTS_NAMESPACE, false, RestartTargets::Granted);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -127,6 +127,16 @@ pub fn for_the_test_server(manifests: &str) -> String {
         .join("\n---")
 }
 
+/// The chart's default watched namespace (the IBM agents'), which an install needs to exist:
+/// created once in the shared control plane, whichever test comes first.
+pub const AGENTS_NAMESPACE: &str = "ibm-observe";
+
+pub fn agents_namespace(cp: &ControlPlane) {
+    let manifest =
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {AGENTS_NAMESPACE}\n");
+    kubectl(cp, &["apply", "-f", "-"], Some(&manifest)).unwrap_or_else(|e| panic!("{e}"));
+}
+
 pub fn apply(cp: &ControlPlane, manifests: &str) {
     let manifests = for_the_test_server(manifests);
     kubectl(
