@@ -132,4 +132,39 @@ mod tests {
         assert!(!restart_allowed(Some(&BTreeMap::new()), true));
         assert!(restart_allowed(Some(&opted), true));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 300, failure_persistence: None, ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// A hostile author picks any role and credential field, and the Secret carries any
+        /// labels and annotations: without the opt-in label nothing is allowed when it is required,
+        /// and a narrowing annotation allows exactly what it lists, never more.
+        #[test]
+        fn only_what_the_secret_allows_is_allowed(
+            role in "[A-Za-z:_ ,-]{0,20}",
+            field in "[a-z_ ,]{0,16}",
+            labels in proptest::collection::btree_map("[a-z./-]{1,20}", "[a-z]{0,6}", 0..4),
+            allowed_roles in proptest::option::of("[A-Za-z ,]{0,30}"),
+            allowed_fields in proptest::option::of("[a-z_ ,]{0,30}"),
+            required in proptest::bool::ANY,
+        ) {
+            let mut annotations = BTreeMap::new();
+            if let Some(list) = &allowed_roles {
+                annotations.insert(ALLOWED_ROLES_ANNOTATION.to_owned(), list.clone());
+            }
+            if let Some(list) = &allowed_fields {
+                annotations.insert(ALLOWED_CREDENTIAL_FIELDS_ANNOTATION.to_owned(), list.clone());
+            }
+            let verdict = api_key_use(&request(&role, &field), &labels, &annotations, required);
+            let listed = |list: &Option<String>, wanted: &str| {
+                list.as_ref().is_none_or(|l| l.split(',').map(str::trim).any(|i| i == wanted))
+            };
+            let expected = (!required || api_key_opted_in(&labels))
+                && listed(&allowed_roles, &role)
+                && listed(&allowed_fields, &field);
+            proptest::prop_assert_eq!(verdict.is_ok(), expected);
+        }
+    }
 }
