@@ -70,6 +70,7 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_th
         found,
         [
             "Deployment",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "Role",
             "Role-leader-election",
@@ -152,7 +153,7 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_th
         deployment_args(&objs),
         [
             "run".to_string(),
-            "--admin-addr=0.0.0.0:8080".into(),
+            "--admin-addr=$(POD_IP):8080".into(),
             "--log-format=json".into(),
             "--leader-elect".into(),
             format!("--leader-election-namespace={ns}"),
@@ -165,6 +166,16 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_th
     assert_eq!(
         deployment_env(&objs, "POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
+    );
+    // The admin server binds the pod's own address, and only the monitoring namespace reaches it.
+    assert_eq!(
+        deployment_env(&objs, "POD_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    assert_eq!(
+        find(&objs, "NetworkPolicy")["spec"]["ingress"],
+        json!([{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                "ports": [{"port": 8080, "protocol": "TCP"}]}])
     );
     assert_eq!(pod["serviceAccountName"], fullname.as_str());
     let service = find(&objs, "Service");
@@ -270,7 +281,7 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
         deployment_args(&objs),
         [
             "run".to_string(),
-            "--admin-addr=0.0.0.0:8080".into(),
+            "--admin-addr=$(POD_IP):8080".into(),
             "--log-format=text".into(),
             "--leader-elect".into(),
             format!("--leader-election-namespace={ns}"),
@@ -445,7 +456,7 @@ async fn chart_network_policy_admits_only_the_named_scrapers_and_egress_to_dns_a
     let closed = objects(&render(
         &release,
         &ns,
-        &json!({"networkPolicy": {"enabled": true}}),
+        &json!({"networkPolicy": {"enabled": true, "metrics": {"from": []}}}),
     ));
     assert_eq!(find(&closed, "NetworkPolicy")["spec"]["ingress"], json!([]));
 }
