@@ -44,6 +44,23 @@ impl Default for Limits {
 /// Renders the metrics page on demand.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Whether a scrape of `/metrics` may read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// No bearer token, or one the API server does not know: 401.
+    Unauthenticated,
+    /// A known identity without the right to `get` `/metrics`: 403.
+    Forbidden,
+    /// The API server could not be asked: 503 (the scrape is retried).
+    Unknown,
+}
+
+/// Decides who may read `/metrics` from the bearer token of the scrape (`None`: no token).
+pub trait MetricsAuthorizer: Send + Sync {
+    fn access<'a>(&'a self, token: Option<&'a str>) -> futures::future::BoxFuture<'a, Access>;
+}
+
 /// What the admin endpoints report.
 #[derive(Clone)]
 pub struct AdminState {
@@ -53,6 +70,8 @@ pub struct AdminState {
     /// while it lasts.
     pub api_server_answers: Arc<AtomicBool>,
     pub metrics: MetricsRenderer,
+    /// When set, `/metrics` answers only scrapes it allows (`--metrics-auth`); the probes stay open.
+    pub metrics_authorizer: Option<Arc<dyn MetricsAuthorizer>>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` resolves, within `limits`.
@@ -78,7 +97,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+                async move { Ok::<_, Infallible>(answer(&state, &request).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -89,6 +108,33 @@ pub async fn serve(
             drop(slot);
         });
     }
+}
+
+/// Answers a request, first asking the authorizer (if any) about a scrape of `/metrics`.
+async fn answer<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
+    if let Some(authorizer) = &state.metrics_authorizer
+        && request.method() == Method::GET
+        && request.uri().path() == "/metrics"
+    {
+        let token = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match authorizer.access(token).await {
+            Access::Allowed => {}
+            Access::Unauthenticated => {
+                return text(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
+            }
+            Access::Forbidden => return text(StatusCode::FORBIDDEN, "forbidden\n".into()),
+            Access::Unknown => {
+                let why = "could not check the token with the API server\n";
+                return text(StatusCode::SERVICE_UNAVAILABLE, why.into());
+            }
+        }
+    }
+    respond(state, request)
 }
 
 fn respond<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -141,6 +187,7 @@ mod tests {
             ready: ready.clone(),
             api_server_answers: answers.clone(),
             metrics: Arc::new(|| "some_metric 1\n".to_string()),
+            metrics_authorizer: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, state, Limits::default(), async {
@@ -181,6 +228,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             api_server_answers: Arc::new(AtomicBool::new(true)),
             metrics: Arc::new(String::new),
+            metrics_authorizer: None,
         };
         let limits = Limits {
             header_read_timeout: Duration::from_millis(200),

@@ -101,6 +101,12 @@ pub struct RunArgs {
     /// default).
     #[arg(long)]
     pub require_opt_in: bool,
+    /// Serve /metrics only to scrapes whose bearer token the API server authenticates
+    /// (TokenReview) and allows `get` on the non-resource URL /metrics (SubjectAccessReview);
+    /// /healthz and /readyz stay open for the kubelet. Needs `create` on tokenreviews and
+    /// subjectaccessreviews.
+    #[arg(long)]
+    pub metrics_auth: bool,
     /// Process-wide budget of IBM Cloud requests per second.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub ibm_max_rps: u32,
@@ -329,6 +335,11 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
             ready: ready.clone(),
             api_server_answers,
             metrics: render,
+            metrics_authorizer: args.metrics_auth.then(|| {
+                let authorizer =
+                    crate::metrics_auth::KubeMetricsAuthorizer::new(ctx.client.clone());
+                Arc::new(authorizer) as Arc<dyn admin::MetricsAuthorizer>
+            }),
         },
         admin::Limits::default(),
         shutdown.clone(),

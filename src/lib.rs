@@ -14,6 +14,7 @@ pub mod ibm;
 pub mod leader;
 pub mod lock;
 pub mod metrics;
+pub mod metrics_auth;
 pub mod reconciler;
 pub mod redact;
 pub mod render;

@@ -194,3 +194,128 @@ async fn only_workloads_that_opted_in_are_restarted() {
     assert_eq!(template_fingerprint(&unasked), None, "not restarted");
     env.finish().await;
 }
+
+/// `--metrics-auth`: `/metrics` answers only a bearer token the API server authenticates and
+/// whose identity may `get` the non-resource URL `/metrics`; the probes stay open.
+#[tokio::test]
+async fn metrics_are_served_only_to_identities_allowed_to_read_them() {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let env = Env::with_operator_args("metrics-auth", &["--metrics-auth"]).await;
+    let post = PostParams::default();
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "scraper"}})).expect("SA JSON");
+    accounts
+        .create(&post, &account)
+        .await
+        .expect("ServiceAccount");
+    // The 1.20 token controller writes the account's token into a Secret.
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let token = || async {
+        let list = secrets.list(&Default::default()).await.ok()?;
+        list.items.into_iter().find_map(|s| {
+            let of_scraper = s.type_.as_deref() == Some("kubernetes.io/service-account-token")
+                && s.metadata
+                    .annotations
+                    .as_ref()?
+                    .get("kubernetes.io/service-account.name")
+                    == Some(&"scraper".to_owned());
+            of_scraper.then(|| test_support::env::secret_data(&s, "token"))?
+        })
+    };
+    wait_for("the scraper's token", WAIT, || async {
+        token().await.is_some()
+    })
+    .await;
+    let token = token().await.expect("token");
+    env.keep_secret(&token);
+    let url = format!("http://{}/metrics", env.operator.admin);
+    let http = reqwest::Client::new();
+    let scrape = |bearer: Option<String>| {
+        let mut get = http.get(&url);
+        if let Some(bearer) = bearer {
+            get = get.bearer_auth(bearer);
+        }
+        async move {
+            get.send()
+                .await
+                .expect("the admin server answers")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(scrape(None).await, 401, "no token");
+    assert_eq!(
+        scrape(Some("made-up".into())).await,
+        401,
+        "a token nobody issued"
+    );
+    assert_eq!(
+        scrape(Some(token.clone())).await,
+        403,
+        "an identity without the right"
+    );
+    let readyz = format!("http://{}/readyz", env.operator.admin);
+    assert_eq!(
+        http.get(&readyz).send().await.expect("readyz").status(),
+        200,
+        "probes stay open"
+    );
+
+    let name = format!("metrics-reader-{}", env.ns);
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+    }))
+    .expect("ClusterRole JSON");
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "scraper", "namespace": env.ns}],
+    }))
+    .expect("ClusterRoleBinding JSON");
+    Api::<ClusterRole>::all(env.client.clone())
+        .create(&post, &role)
+        .await
+        .expect("ClusterRole");
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(&post, &binding)
+        .await
+        .expect("ClusterRoleBinding");
+    // A refused answer is cached for a minute by token: a second token of the same account (the
+    // token controller fills in a Secret that asks for one) shows the grant at once.
+    let second: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "scraper-second",
+                     "annotations": {"kubernetes.io/service-account.name": "scraper"}},
+        "type": "kubernetes.io/service-account-token",
+    }))
+    .expect("token Secret JSON");
+    secrets
+        .create(&post, &second)
+        .await
+        .expect("a second token");
+    let second_token = || async {
+        let s = secrets.get("scraper-second").await.ok()?;
+        test_support::env::secret_data(&s, "token")
+    };
+    wait_for("the second token", WAIT, || async {
+        second_token().await.is_some()
+    })
+    .await;
+    let second_token = second_token().await.expect("token");
+    env.keep_secret(&second_token);
+    let allowed = http
+        .get(&url)
+        .bearer_auth(&second_token)
+        .send()
+        .await
+        .expect("scrape as the scraper");
+    assert_eq!(allowed.status().as_u16(), 200, "granted get on /metrics");
+    let page = allowed.text().await.expect("the page");
+    assert!(
+        page.contains("ingestion_key_operator_leader"),
+        "the metrics page"
+    );
+    env.finish().await;
+}

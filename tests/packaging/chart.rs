@@ -478,3 +478,44 @@ fn assert_endpoints(objs: &[Value], prefix: &str) {
         );
     }
 }
+
+/// `metrics.authorization`: the operator runs with `--metrics-auth` and may create TokenReviews
+/// and SubjectAccessReviews, a ClusterRole for readers of /metrics is there to bind, and the
+/// ServiceMonitor sends Prometheus' token. (tests/cluster/security.rs checks the behaviour.)
+#[tokio::test]
+async fn chart_with_metrics_authorization_lets_the_operator_review_scrapes() {
+    let cp = support::control_plane();
+    agents_namespace(cp);
+    apply_crd(cp, SERVICE_MONITOR_CRD);
+    wait_established(cp, "crd/servicemonitors.monitoring.coreos.com");
+    let ns = cp.namespace("chart-metrics-auth").await;
+    let release = release_name("metrics-auth");
+    let values = json!({"metrics": {"authorization": true, "serviceMonitor": {"enabled": true}}});
+    lint(&values);
+    let manifests = render(&release, &ns, &values);
+    let objs = objects(&manifests);
+    let fullname = format!("{release}-ingestion-key-operator");
+    assert!(deployment_args(&objs).contains(&"--metrics-auth".to_string()));
+    let role = |name: String| {
+        objs.iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name.as_str())
+            .map(|o| o["rules"].clone())
+            .unwrap_or_else(|| panic!("ClusterRole {name}"))
+    };
+    assert_eq!(
+        role(format!("{fullname}-metrics-auth")),
+        json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        ])
+    );
+    assert_eq!(
+        role(format!("{fullname}-metrics-reader")),
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    assert_eq!(
+        find(&objs, "ServiceMonitor")["spec"]["endpoints"][0]["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    dry_run_on_server(cp, &manifests);
+}
