@@ -7,7 +7,10 @@
 //!   examples validated in strict mode against the API schemas of Kubernetes 1.27 to 1.33 (PyPI
 //!   kubernetes-validate, offline).
 //!
-//! Both scripts install their package with pip on first use. See docs/testing.md.
+//! - `hack/check-vap.py`: the chart's ValidatingAdmissionPolicy (1.30+) evaluated the same way
+//!   against updates of DaemonSets, Deployments and StatefulSets by the operator and by others.
+//!
+//! The scripts install their package with pip on first use. See docs/testing.md.
 
 use std::{
     path::Path,
@@ -58,6 +61,13 @@ fn cel_rules_hold_for_valid_objects_and_break_for_invalid_ones() {
 #[test]
 fn cel_checker_catches_mutated_rules() {
     run_check(&["hack/check-cel.py", "--self-test"]);
+}
+
+/// The chart's ValidatingAdmissionPolicy (1.30+, `admissionPolicy.enabled`) lets the operator
+/// change only its pod-template annotation on workloads, and leaves other users alone.
+#[test]
+fn admission_policy_admits_only_the_operators_fingerprint_annotation() {
+    run_check(&["hack/check-vap.py"]);
 }
 
 #[test]
