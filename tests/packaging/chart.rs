@@ -519,3 +519,99 @@ async fn chart_with_metrics_authorization_lets_the_operator_review_scrapes() {
     );
     dry_run_on_server(cp, &manifests);
 }
+
+/// The README's RBAC table is the rules the chart renders: the Role of a watched namespace (the
+/// default), the ClusterRole of `watchNamespaces: []` (the same rules), and the Lease Role.
+#[test]
+fn readme_lists_the_rbac_the_chart_renders_in_both_modes() {
+    let rows = |rules: &Value, place: &str| -> Vec<String> {
+        rules
+            .as_array()
+            .expect("rules")
+            .iter()
+            .map(|rule| {
+                let list = |key: &str, quote: bool| {
+                    rule[key]
+                        .as_array()
+                        .map(|items| {
+                            items
+                                .iter()
+                                .map(|i| {
+                                    let i = i.as_str().unwrap_or_default();
+                                    if quote {
+                                        format!("`{i}`")
+                                    } else {
+                                        i.to_owned()
+                                    }
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                };
+                let group = match list("apiGroups", true).as_str() {
+                    "``" => "(core)".to_owned(),
+                    group => group.to_owned(),
+                };
+                let mut resources = list("resources", true);
+                if rule.get("resourceNames").is_some() {
+                    resources = format!("{resources} named {}", list("resourceNames", true));
+                }
+                let place = if rule["apiGroups"] == json!(["apps"]) {
+                    format!("{place} (`rbac.restartTargets`)")
+                } else {
+                    place.to_owned()
+                };
+                format!(
+                    "| {group} | {resources} | {} | {place} |",
+                    list("verbs", false)
+                )
+            })
+            .collect()
+    };
+    let namespaced = objects(&render(
+        "ingestion-key-operator",
+        "ingestion-key-operator",
+        &json!({}),
+    ));
+    let role = |name: &str, kind: &str, objs: &[Value]| -> Value {
+        objs.iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name}"))["rules"]
+            .clone()
+    };
+    let operator_rules = role("ingestion-key-operator", "Role", &namespaced);
+    let cluster_wide = objects(&render(
+        "ingestion-key-operator",
+        "ingestion-key-operator",
+        &json!({"watchNamespaces": []}),
+    ));
+    assert_eq!(
+        role("ingestion-key-operator", "ClusterRole", &cluster_wide),
+        operator_rules,
+        "the cluster-wide mode grants the same rules, everywhere"
+    );
+    let mut expected = rows(&operator_rules, "watched namespaces");
+    expected.extend(rows(
+        &role(
+            "ingestion-key-operator-leader-election",
+            "Role",
+            &namespaced,
+        ),
+        "release namespace",
+    ));
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let table: Vec<String> = readme
+        .split("<!-- rbac:begin -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- rbac:end -->").next())
+        .expect("the RBAC table in the README")
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| API group") && !l.starts_with("|---"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        table, expected,
+        "README.md's RBAC table differs from the chart"
+    );
+}
