@@ -51,19 +51,13 @@ pub(super) async fn read(
     if ctx.settings.require_opt_in {
         let metadata: Api<PartialObjectMeta<Secret>> =
             Api::namespaced(ctx.client.clone(), &namespace);
-        let seen = metadata
-            .get_metadata_opt(&reference.name)
-            .await
-            .map_err(ReconcileError::kube("read the API key Secret's metadata"))?
-            .ok_or_else(not_found)?;
+        let read = metadata.get_metadata_opt(&reference.name).await;
+        let seen = found(read, "read the API key Secret's metadata", not_found)?;
         allow(&seen.metadata)?;
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = api
-        .get_opt(&reference.name)
-        .await
-        .map_err(ReconcileError::kube("read the API key Secret"))?
-        .ok_or_else(not_found)?;
+    let read = api.get_opt(&reference.name).await;
+    let secret = found(read, "read the API key Secret", not_found)?;
     allow(&secret.metadata)?;
     let data = secret.data.as_ref();
     let value = data
@@ -85,6 +79,16 @@ pub(super) async fn read(
             }),
         }),
     }
+}
+
+/// The object a read found, the `missing` error when there is none, or the failed read's error.
+fn found<T>(
+    read: Result<Option<T>, kube::Error>,
+    action: &'static str,
+    missing: impl FnOnce() -> ReconcileError,
+) -> Result<T, ReconcileError> {
+    read.map_err(ReconcileError::kube(action))?
+        .ok_or_else(missing)
 }
 
 /// Puts the operator's finalizer on the API key Secret (once) when the request's key will be

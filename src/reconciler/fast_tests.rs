@@ -32,6 +32,15 @@ impl Fixture {
         Self::with(|_| {}).await
     }
 
+    /// A fixture whose request is in sync, with the calls that took forgotten.
+    async fn synced() -> Self {
+        let f = Self::new().await;
+        f.sync().await;
+        f.api.forget_calls();
+        f.sim.reset_calls();
+        f
+    }
+
     /// A fixture whose operator runs with `adjust` applied to the default settings.
     async fn with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let seed = Seed::from_yaml(&format!(
@@ -146,6 +155,14 @@ impl Fixture {
             .collect()
     }
 
+    fn assert_no_ibm_call(&self) {
+        let calls = self.sim.calls();
+        assert!(
+            calls.values().all(|&n| n == 0),
+            "IBM Cloud calls: {calls:?}"
+        );
+    }
+
     fn active_keys(&self) -> usize {
         self.sim
             .keys()
@@ -195,10 +212,7 @@ async fn a_first_sync_costs_these_writes_and_no_more() {
 /// nothing.
 #[tokio::test]
 async fn a_refresh_in_sync_writes_nothing() {
-    let f = Fixture::new().await;
-    f.sync().await;
-    f.api.forget_calls();
-    f.sim.reset_calls();
+    let f = Fixture::synced().await;
     f.reconcile().await.expect("refresh");
     assert_eq!(f.writes(), Vec::<String>::new());
     let reads: Vec<String> = f.api.calls().into_iter().map(|c| c.path).collect();
@@ -207,11 +221,7 @@ async fn a_refresh_in_sync_writes_nothing() {
         [API_KEY_SECRET, SECRET],
         "the API key and the Secret, read once each"
     );
-    assert!(
-        f.sim.calls().values().all(|&n| n == 0),
-        "{:?}",
-        f.sim.calls()
-    );
+    f.assert_no_ibm_call();
 }
 
 /// The pending record is written only onto the version of the request the reconcile read: a
@@ -299,19 +309,12 @@ async fn one_namespace_never_takes_every_reconcile_slot() {
 /// key at once when the operator starts.
 #[tokio::test]
 async fn a_new_process_reads_nothing_from_ibm_for_a_request_in_sync() {
-    let f = Fixture::new().await;
-    f.sync().await;
-    f.api.forget_calls();
-    f.sim.reset_calls();
+    let f = Fixture::synced().await;
     f.reconcile_in(f.new_process())
         .await
         .expect("first reconcile after a restart");
     assert_eq!(f.writes(), Vec::<String>::new());
-    assert!(
-        f.sim.calls().values().all(|&n| n == 0),
-        "{:?}",
-        f.sim.calls()
-    );
+    f.assert_no_ibm_call();
 }
 
 /// A request whose last status write is older than its refresh interval (in-sync refreshes write
@@ -328,9 +331,5 @@ async fn a_new_process_spreads_refreshes_that_look_overdue() {
     f.reconcile_in(f.new_process())
         .await
         .expect("after a restart");
-    assert!(
-        f.sim.calls().values().all(|&n| n == 0),
-        "a new process: {:?}",
-        f.sim.calls()
-    );
+    f.assert_no_ibm_call();
 }

@@ -225,6 +225,15 @@ impl Harness {
             .expect("the first look of the new process");
     }
 
+    /// Labels the API key Secret `keysync.dev/api-key=true`, as its owner opting it in.
+    pub async fn opt_in_api_key_secret(&self) {
+        let label = serde_json::json!({"metadata": {"labels": {API_KEY_OPT_IN_LABEL: "true"}}});
+        let (merge, params) = (Patch::Merge(label), PatchParams::default());
+        let secrets = self.secrets();
+        let labelled = secrets.patch("ibmcloud-api-key", &params, &merge);
+        labelled.await.expect("label the API key Secret");
+    }
+
     pub fn requests(&self) -> Api<IngestionKeyRequest> {
         Api::namespaced(self.client.clone(), &self.ns)
     }

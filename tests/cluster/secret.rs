@@ -59,15 +59,7 @@ async fn a_missing_api_key_field_names_the_keys_only_of_a_secret_that_opted_in()
         !message.contains("apikey") && message.contains("not listed"),
         "the author of a request may not be allowed to read the Secret: {message}"
     );
-    let label = serde_json::json!({"metadata": {"labels": {API_KEY_OPT_IN_LABEL: "true"}}});
-    h.secrets()
-        .patch(
-            "ibmcloud-api-key",
-            &PatchParams::default(),
-            &Patch::Merge(label),
-        )
-        .await
-        .expect("label the API key Secret");
+    h.opt_in_api_key_secret().await;
     let message = h
         .reconcile("at")
         .await

@@ -64,14 +64,7 @@ async fn as_request_author(prefix: &str) -> (Env, Api<IngestionKeyRequest>) {
 }
 
 async fn create_as(api: &Api<IngestionKeyRequest>, name: &str, spec: serde_json::Value) {
-    let request: IngestionKeyRequest = serde_json::from_value(json!({
-        "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("request JSON");
-    api.create(&PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("{USER} creates request {name}: {e}"));
+    test_support::env::create_request_in(api, name, spec).await;
 }
 
 fn spec(extra: serde_json::Value) -> serde_json::Value {

@@ -12,10 +12,11 @@ async fn on_own_control_plane(prefix: &str) -> (&'static ControlPlane, Env) {
         ControlPlane::start(&assets).expect("a control plane of this test's own"),
     ));
     let ns = cp.namespace(prefix).await;
-    (
-        cp,
-        Env::on(cp, ns, cp.kubeconfig_path(), &[], None, None).await,
-    )
+    // A raised IBM budget: the batches of these tests should measure the control plane's faults,
+    // not wait behind the default 10 calls a second.
+    let args = ["--ibm-max-rps", "100"];
+    let env = Env::on(cp, ns, cp.kubeconfig_path(), &args, None, None).await;
+    (cp, env)
 }
 
 /// kube-apiserver stopped for 10 s and started again on the same etcd and port, as in an upgrade,
@@ -65,8 +66,11 @@ async fn requests_created_after_an_api_server_restart_are_served_within_seconds(
     println!(
         "after the API server restart: a new request Ready in {served:?}, the batch of 200 in {batch_ready:?}"
     );
+    // Queued behind the batch of 200 relisted at the same moment (and sharing 2 cores with the
+    // rest of the fault tier): seconds, where waiting on a grown back-off took minutes. The
+    // relist itself is timed on its own in watch_expiry.rs.
     assert!(
-        served < Duration::from_secs(20),
+        served < Duration::from_secs(30),
         "served {served:?} after the restart: the watches waited instead of relisting"
     );
     for name in batch.iter().chain(["after".to_owned()].iter()) {

@@ -69,8 +69,7 @@ async fn a_leader_whose_lease_is_taken_stops_and_exits() {
 /// leader's first. Every request ends Ready with one key, served by the new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_over() {
-    let cp = support::control_plane();
-    let ns = cp.namespace("fencing").await;
+    let (cp, ns) = (support::control_plane(), elected_namespace("fencing").await);
     let args = ["--leader-elect", "--leader-election-namespace", ns.as_str()];
     let sim = test_support::env::simulator().await;
     let (leader_api, leader_ibm, standby_ibm) = (
@@ -177,8 +176,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
 /// leader was dead is Ready as soon as the new leader runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_reads_no_key_again_and_writes_nothing() {
-    let cp = support::control_plane();
-    let ns = cp.namespace("failover-cost").await;
+    let (cp, ns) = (
+        support::control_plane(),
+        elected_namespace("failover-cost").await,
+    );
     let args = ["--leader-elect", "--leader-election-namespace", ns.as_str()];
     let mut env = Env::in_namespace(ns.clone(), cp.kubeconfig_path(), &args).await;
     let standby = env.replica(&args);
@@ -257,4 +258,9 @@ async fn resource_versions(env: &Env) -> Vec<(String, String)> {
         .collect();
     versions.sort();
     versions
+}
+
+/// A namespace of the shared control plane for replicas that elect a leader in it.
+async fn elected_namespace(prefix: &str) -> String {
+    support::control_plane().namespace(prefix).await
 }

@@ -309,15 +309,8 @@ async fn soak_two_replicas_with_rotations_faults_and_random_kills() {
 }
 
 async fn create(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
-    let api: Api<IngestionKeyRequest> = Api::namespaced(client.clone(), ns);
-    let request: IngestionKeyRequest = serde_json::from_value(json!({
-        "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .expect("request JSON");
-    api.create(&Default::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("creating {ns}/{name}: {e}"));
+    let requests = Api::namespaced(client.clone(), ns);
+    test_support::env::create_request_in(&requests, name, spec).await;
 }
 
 /// Waits until every request in `requests` (namespace, name) reports `KeySynced`.

@@ -209,9 +209,7 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_th
 async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     let cp = support::control_plane();
     install_crd(cp);
-    // A stand-in for the Prometheus Operator's CRD, so that the ServiceMonitor can be applied.
-    apply_crd(cp, SERVICE_MONITOR_CRD);
-    wait_established(cp, "crd/servicemonitors.monitoring.coreos.com");
+    service_monitor_crd(cp);
     let ns = cp.namespace("chart-ns-operator").await;
     let watched = [
         cp.namespace("chart-ns-a").await,
@@ -485,10 +483,9 @@ fn assert_endpoints(objs: &[Value], prefix: &str) {
 #[tokio::test]
 async fn chart_with_metrics_authorization_lets_the_operator_review_scrapes() {
     let cp = support::control_plane();
-    agents_namespace(cp);
-    apply_crd(cp, SERVICE_MONITOR_CRD);
-    wait_established(cp, "crd/servicemonitors.monitoring.coreos.com");
     let ns = cp.namespace("chart-metrics-auth").await;
+    agents_namespace(cp);
+    service_monitor_crd(cp);
     let release = release_name("metrics-auth");
     let values = json!({"metrics": {"authorization": true, "serviceMonitor": {"enabled": true}}});
     lint(&values);
@@ -614,4 +611,10 @@ fn readme_lists_the_rbac_the_chart_renders_in_both_modes() {
         table, expected,
         "README.md's RBAC table differs from the chart"
     );
+}
+
+/// A stand-in for the Prometheus Operator's CRD, so that a ServiceMonitor can be applied.
+fn service_monitor_crd(cp: &ControlPlane) {
+    apply_crd(cp, SERVICE_MONITOR_CRD);
+    wait_established(cp, "crd/servicemonitors.monitoring.coreos.com");
 }
