@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use futures::{FutureExt, StreamExt, future::Shared};
+use futures::{FutureExt, StreamExt, TryStreamExt, future::Shared};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -25,7 +25,9 @@ use kube::{
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
-    Context, ReconcileError, apply, deletion,
+    Context, ReconcileError,
+    api_key_index::ApiKeyIndex,
+    apply, deletion,
     requeue::{PERMANENT, TRANSIENT, WatchBackoff, jitter},
     status,
 };
@@ -207,11 +209,14 @@ fn controller_for(
     // The requests' cache, pruned of what the operator never reads (managedFields, kubectl's
     // last-applied copy of the spec): most of an object's memory (docs/performance.md).
     let (store, writer) = reflector::store();
+    let index = Arc::new(ApiKeyIndex::default());
+    let indexing = index.clone();
     let requests_stream = watcher(
         api_in::<IngestionKeyRequest>(&ctx.watch_client, scope),
         watcher::Config::default(),
     )
     .filter(relist_at_once)
+    .inspect_ok(move |event| indexing.observe(event))
     .modify(prune)
     .reflect(writer)
     .applied_objects();
@@ -220,17 +225,11 @@ fn controller_for(
     let controller = Controller::for_stream(requests_stream, store.clone())
         .with_config(ControllerConfig::default().concurrency(ctx.settings.concurrency))
         .trigger_backoff(WatchBackoff::default());
-    let requests = store.clone();
-    // API key Secrets are watched as metadata only and never cached: each event is mapped to
-    // the requests that reference that Secret, so fixing a missing API key acts at once.
+    // API key Secrets are watched as metadata only and never cached: each event is mapped,
+    // through the index, to the requests that reference that Secret, so fixing a missing API key
+    // acts at once.
     let referencing = move |secret: PartialObjectMeta<Secret>| {
-        let (namespace, name) = (secret.namespace(), secret.name_any());
-        requests
-            .state()
-            .into_iter()
-            .filter(|r| r.namespace() == namespace && r.spec.api_key_secret_ref.name == name)
-            .map(|r| ObjectRef::from_obj(&*r))
-            .collect::<Vec<_>>()
+        index.requests_of(secret.namespace(), &secret.name_any())
     };
     // Secrets as metadata only (`Api<PartialObjectMeta<_>>` asks for metadata, never data).
     let owned_secrets = watcher(

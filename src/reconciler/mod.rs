@@ -7,11 +7,13 @@
 //!   instance (`instance`) -> find or create the key (`keys`) -> write the Secret (`secret`) ->
 //!   roll out restart targets (`rollout`) -> retire replaced keys (`retire`) -> status (`status`).
 //! - `deletion`: the finalizer's work when a request goes.
+//! - `api_key_index`: which requests name an API key Secret, from the requests' watch.
 //! - `requeue`: the back-off after a failure and the jitter of refreshes.
 //! - `plan`: every decision of those phases as a pure function of what the phase read; the
 //!   phases above only read, ask `plan`, and carry out its answer.
 
 mod api_key;
+mod api_key_index;
 mod apply;
 mod context;
 mod controller;
