@@ -15,6 +15,7 @@ pub mod leader;
 pub mod lock;
 pub mod metrics;
 pub mod metrics_auth;
+pub mod plugin;
 pub mod reconciler;
 pub mod redact;
 pub mod render;

@@ -20,4 +20,5 @@ mod control_plane;
 mod controller;
 mod monitoring;
 mod operations;
+mod plugin;
 mod security;
