@@ -24,12 +24,9 @@ use crate::{
 /// The plugin's file name, by which the binary knows it runs as `kubectl ingestionkey`.
 pub const PLUGIN_NAME: &str = "kubectl-ingestionkey";
 
+/// See and rotate the IBM Cloud keys of IngestionKeyRequests (kubectl ingestionkey).
 #[derive(Debug, Parser)]
-#[command(
-    name = "kubectl-ingestionkey",
-    version,
-    about = "See and rotate the IBM Cloud keys of IngestionKeyRequests (kubectl ingestionkey)"
-)]
+#[command(name = "kubectl-ingestionkey", version)]
 pub struct Plugin {
     /// The kubeconfig file (default: KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true)]

@@ -40,6 +40,14 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// What a successful run printed, checked for credentials.
+fn succeeded(env: &Env, output: Output) -> String {
+    let printed = text(&output);
+    assert!(output.status.success(), "{printed}");
+    assert_no_credential(env, &printed);
+    printed
+}
+
 /// Nothing the plugin printed is a secret the simulator knows (keys, tokens, API keys).
 fn assert_no_credential(env: &Env, printed: &str) {
     for secret in env.sim.secret_values() {
@@ -68,14 +76,9 @@ async fn matches_ibm(env: &Env, name: &str) -> String {
 async fn get_shows_whether_each_secret_matches_ibm_cloud() {
     let mut env = Env::new("plugin-get").await;
     env.serve_first_request("agent").await;
-    let table = plugin(&env, &["get", "-n", &env.ns]).await;
-    let printed = text(&table);
-    assert!(table.status.success(), "{printed}");
-    assert!(
-        printed.contains("MATCHES IBM") && printed.contains("agent"),
-        "{printed}"
-    );
-    assert_no_credential(&env, &printed);
+    let printed = succeeded(&env, plugin(&env, &["get", "-n", &env.ns]).await);
+    let columns = printed.contains("MATCHES IBM") && printed.contains("agent");
+    assert!(columns, "{printed}");
     assert_eq!(matches_ibm(&env, "agent").await, "yes");
 
     env.operator.stop();
@@ -104,14 +107,10 @@ async fn rotate_wait_follows_the_rotation_to_the_old_keys_deletion() {
         .expect("a key")
         .guid;
     let target = format!("{}/rot", env.ns);
-    let out = plugin(&env, &["rotate", &target, "--wait", "--timeout", "60s"]).await;
-    let printed = text(&out);
-    assert!(out.status.success(), "{printed}");
-    assert!(
-        printed.contains("new key") && printed.contains("deleted"),
-        "{printed}"
-    );
-    assert_no_credential(&env, &printed);
+    let args = ["rotate", &target, "--wait", "--timeout", "60s"];
+    let printed = succeeded(&env, plugin(&env, &args).await);
+    let steps = printed.contains("new key") && printed.contains("deleted");
+    assert!(steps, "{printed}");
     assert_eq!(
         env.sim.key(&old_guid).map(|k| k.state).as_deref(),
         Some("removed"),
