@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, AdminState},
-    crd::{IngestionKeyRequest, parse_duration},
+    crd::{ClusterId, IngestionKeyRequest, parse_duration},
     ibm::{ClientConfig, Endpoints, IbmCloud, IbmError},
     leader::{Elector, LeaseLost, LeaseTimings},
     metrics::Metrics,
@@ -107,6 +107,16 @@ pub struct RunArgs {
     /// subjectaccessreviews.
     #[arg(long)]
     pub metrics_auth: bool,
+    /// This cluster's identity, written into every key name the operator makes so that it (and
+    /// `kubectl ingestionkey audit`) never deletes another cluster's keys on a shared instance.
+    /// Default: the UID of the kube-system namespace (needs `get` on that namespace).
+    #[arg(long, value_name = "ID", value_parser = cluster_id_arg)]
+    pub cluster_id: Option<ClusterId>,
+    /// How often the leader lists the keys of the instances in use and counts the orphans among
+    /// them (metric ingestion_key_operator_orphan_keys): at most one key listing per instance per
+    /// interval, under the IBM budget. Default: never.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub orphan_audit_interval: Option<Duration>,
     /// Process-wide budget of IBM Cloud requests per second.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub ibm_max_rps: u32,
@@ -117,6 +127,10 @@ const API_CALL_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Name of the leader Lease.
 pub const LEASE_NAME: &str = "ingestion-key-operator";
+
+fn cluster_id_arg(text: &str) -> Result<ClusterId, String> {
+    ClusterId::parse(text)
+}
 
 fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 30s, 5m or 1h"))
@@ -132,6 +146,10 @@ pub enum CliError {
         "the IngestionKeyRequest CRD is not installed or not readable ({0}): install it with `ingestion-key-operator crd | kubectl apply -f -`"
     )]
     CrdMissing(#[source] kube::Error),
+    #[error(
+        "could not read this cluster's identity, the UID of namespace kube-system ({0}): grant `get` on it or pass --cluster-id"
+    )]
+    ClusterIdentity(String),
     #[error("could not listen on admin address {addr}: {source}")]
     AdminListen {
         addr: SocketAddr,
@@ -239,6 +257,20 @@ pub fn crd_yaml() -> Result<String, CliError> {
         .map_err(|e| CliError::CrdYaml(e.to_string()))
 }
 
+/// The cluster's identity: the UID of its kube-system namespace, which lives as long as the
+/// cluster and differs between clusters (a restore from backup included: the namespace is new).
+pub async fn discover_cluster_id(client: &kube::Client) -> Result<ClusterId, CliError> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let uid = namespaces
+        .get("kube-system")
+        .await
+        .map_err(|e| CliError::ClusterIdentity(e.to_string()))?
+        .metadata
+        .uid
+        .unwrap_or_default();
+    ClusterId::parse(&uid).map_err(CliError::ClusterIdentity)
+}
+
 pub async fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Crd => {
@@ -282,6 +314,11 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         .list(&ListParams::default().limit(1))
         .await
         .map_err(CliError::CrdMissing)?;
+    let cluster_id = match args.cluster_id.clone() {
+        Some(id) => id,
+        None => discover_cluster_id(&client).await?,
+    };
+    info!(%cluster_id, "cluster identity");
 
     let listener =
         TcpListener::bind(args.admin_addr)
@@ -299,6 +336,8 @@ async fn run(args: RunArgs) -> Result<(), CliError> {
         min_rotation_interval: args.min_rotation_interval,
         reconcile_deadline: args.reconcile_deadline,
         require_opt_in: args.require_opt_in,
+        cluster_id,
+        orphan_audit_interval: args.orphan_audit_interval,
     };
     let elector = match args.leader_elect {
         true => Some(elector(

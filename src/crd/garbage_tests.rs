@@ -61,7 +61,7 @@ proptest! {
         let Ok(request) = serde_json::from_value::<IngestionKeyRequest>(request) else {
             return Ok(());
         };
-        match validate(&request) {
+        match validate(&request, &super::ClusterId::parse("c1").expect("valid id")) {
             Ok(valid) => prop_assert!(valid.refresh_interval >= MIN_REFRESH_INTERVAL),
             Err(error) => prop_assert!(!error.0.is_empty()),
         }

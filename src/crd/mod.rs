@@ -6,6 +6,7 @@
 
 #[cfg(test)]
 mod garbage_tests;
+mod key_name;
 pub mod reason;
 mod spec;
 mod status;
@@ -13,7 +14,7 @@ mod validate;
 
 use std::time::Duration;
 
-pub use self::{spec::*, status::*, validate::*};
+pub use self::{key_name::*, spec::*, status::*, validate::*};
 
 /// API group of the custom resource.
 pub const GROUP: &str = "keysync.dev";

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{
-    IngestionKeyRequest, IngestionKeyRequestSpec, InstanceRef, MANAGED_BY_LABEL,
+    ClusterId, IngestionKeyRequest, default_key_name, IngestionKeyRequestSpec, InstanceRef, MANAGED_BY_LABEL,
     MIN_REFRESH_INTERVAL, MIN_ROTATION_INTERVAL,
 };
 
@@ -54,13 +54,14 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 
 /// Checks what the CRD's schema and CEL rules check (older API servers skip CEL), plus what no
 /// schema can express, and derives the key name. Every problem is reported, not just the first.
-pub fn validate(request: &IngestionKeyRequest) -> Result<ValidSpec, SpecError> {
-    validate_with(request, MIN_ROTATION_INTERVAL)
+pub fn validate(request: &IngestionKeyRequest, cluster: &ClusterId) -> Result<ValidSpec, SpecError> {
+    validate_with(request, cluster, MIN_ROTATION_INTERVAL)
 }
 
 /// [`validate`], accepting rotation intervals down to `min_rotation_interval`.
 pub fn validate_with(
     request: &IngestionKeyRequest,
+    cluster: &ClusterId,
     min_rotation_interval: Duration,
 ) -> Result<ValidSpec, SpecError> {
     let spec = &request.spec;
@@ -94,7 +95,7 @@ pub fn validate_with(
             None
         }
         Some(name) => Some(name),
-        None => default_key_name(request),
+        None => default_key_name(request, cluster),
     };
     match (instance, refresh_interval, key_name) {
         (Some(instance), Some(refresh_interval), Some(key_name)) if problems.is_empty() => {
@@ -234,23 +235,6 @@ pub fn is_valid_key_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '.' | '_' | ':'))
 }
 
-/// `ikr:<namespace>:<name>:<first 8 of uid>`: readable in the IBM Cloud console, unique to the
-/// request through its UID, stable for its life, and within IBM's 180 characters.
-pub fn default_key_name(request: &IngestionKeyRequest) -> Option<String> {
-    let namespace = request.metadata.namespace.as_deref()?;
-    let name = request.metadata.name.as_deref()?;
-    let uid = request.metadata.uid.as_deref()?;
-    let uid_part: String = uid
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(8)
-        .collect();
-    let fixed = "ikr:".len() + namespace.len() + 2 + uid_part.len();
-    let room = 180usize.saturating_sub(fixed);
-    let name: String = name.chars().take(room).collect();
-    Some(format!("ikr:{namespace}:{name}:{uid_part}"))
-}
-
 fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
@@ -315,6 +299,10 @@ mod tests {
     use super::*;
     use crate::crd::DeletionPolicy;
 
+    fn cluster() -> ClusterId {
+        ClusterId::parse("c1").unwrap()
+    }
+
     fn request(yaml: &str) -> IngestionKeyRequest {
         let mut request: IngestionKeyRequest = serde_json::from_value(serde_json::json!({
             "apiVersion": "keysync.dev/v1alpha1",
@@ -337,9 +325,12 @@ mod tests {
         assert_eq!(r.spec.secret.key, "logdna-agent-key");
         assert_eq!(r.spec.refresh_interval, "1h");
         assert_eq!(r.spec.deletion_policy, DeletionPolicy::Delete);
-        let valid = validate(&r).unwrap();
+        let valid = validate(&r, &cluster()).unwrap();
         assert_eq!(valid.refresh_interval, Duration::from_secs(3600));
-        assert_eq!(valid.key_name, "ikr:ibm-observe:activity-tracker:0f3c9a1e");
+        assert_eq!(
+            valid.key_name,
+            "ikr:ibm-observe:activity-tracker:0f3c9a1e-2b4d-4e6f-8a9b-0c1d2e3f4a5b:c1"
+        );
     }
 
     #[test]
@@ -349,18 +340,18 @@ mod tests {
             "instance: {name: a, guid: b}\napiKeySecretRef: {name: k}\n",
             "instance: {name: '', guid: '', crn: ''}\napiKeySecretRef: {name: k}\n",
         ] {
-            let err = validate(&request(yaml)).unwrap_err();
+            let err = validate(&request(yaml), &cluster()).unwrap_err();
             assert!(err.0.contains("exactly one"), "{yaml}: {err}");
         }
         let r = request(
             "instance: {crn: 'crn:v1:bluemix:public:logdnaat:us-south:a/acc:guid::'}\napiKeySecretRef: {name: k}\n",
         );
         assert!(matches!(
-            validate(&r).unwrap().instance,
+            validate(&r, &cluster()).unwrap().instance,
             InstanceSelector::Crn(_)
         ));
         let r = request("instance: {crn: 'not-a-crn'}\napiKeySecretRef: {name: k}\n");
-        assert!(validate(&r).is_err());
+        assert!(validate(&r, &cluster()).is_err());
     }
 
     #[test]
@@ -377,7 +368,7 @@ mod tests {
         for extra in bad {
             let yaml = format!("instance: {{name: a}}\napiKeySecretRef: {{name: k}}\n{extra}\n");
             assert!(
-                validate(&request(&yaml)).is_err(),
+                validate(&request(&yaml), &cluster()).is_err(),
                 "{extra} should be rejected"
             );
         }
@@ -388,7 +379,7 @@ mod tests {
         let r = request(
             "instance: {}\napiKeySecretRef: {name: k}\nrefreshInterval: soon\nsecret: {key: 'a b'}\n",
         );
-        let err = validate(&r).unwrap_err().0;
+        let err = validate(&r, &cluster()).unwrap_err().0;
         for expected in ["exactly one", "refreshInterval", "spec.secret.key"] {
             assert!(err.contains(expected), "{expected} missing in: {err}");
         }
@@ -398,22 +389,12 @@ mod tests {
     fn the_api_key_secret_is_never_the_agents_secret() {
         let r =
             request("instance: {name: a}\napiKeySecretRef: {name: creds}\nsecret: {name: creds}\n");
-        let err = validate(&r).unwrap_err().0;
+        let err = validate(&r, &cluster()).unwrap_err().0;
         assert!(err.contains("is the API key Secret"), "{err}");
         assert!(
             !err.contains("delete"),
             "never advise deleting the API key Secret: {err}"
         );
-    }
-
-    #[test]
-    fn default_key_name_fits_ibm_rules_even_for_long_names() {
-        let mut r = request("instance: {name: a}\napiKeySecretRef: {name: k}\n");
-        r.metadata.name = Some("x".repeat(253));
-        let name = default_key_name(&r).unwrap();
-        assert!(name.len() <= 180);
-        assert!(is_valid_key_name(&name));
-        assert!(name.ends_with(":0f3c9a1e"));
     }
 
     #[test]

@@ -54,6 +54,14 @@ pub trait IbmApi: Send + Sync + 'static {
         api_key: &'a SecretString,
         guid_or_crn: &'a str,
     ) -> BoxFuture<'a, Result<KeyDeletion, IbmError>>;
+
+    /// Renames a key (a retained key leaves the operator's name family).
+    fn rename_key<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        guid_or_crn: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<ResourceKey, IbmError>>;
 }
 
 /// Implements [`IbmApi`] operations by forwarding each to the method of the same name on another
@@ -82,5 +90,6 @@ impl IbmApi for IbmCloud {
         create_key(request: CreateKeyRequest) -> ResourceKey;
         get_key(guid_or_crn: str) -> ResourceKey;
         delete_key(guid_or_crn: str) -> KeyDeletion;
+        rename_key(guid_or_crn: str, name: str) -> ResourceKey;
     }
 }

@@ -16,7 +16,7 @@ use super::token::Authenticator;
 use super::transport::{Body, ClientConfig, Reply, Request, RetryMode, Transport, parse_json};
 use super::{
     BudgetStats, OP_CREATE_KEY, OP_DELETE_KEY, OP_FIND_KEYS, OP_GET_INSTANCE, OP_GET_KEY,
-    OP_LIST_INSTANCES, OP_LIST_KEYS,
+    OP_LIST_INSTANCES, OP_LIST_KEYS, OP_RENAME_KEY,
 };
 use crate::histogram::Histogram;
 use crate::redact::SecretString;
@@ -221,6 +221,29 @@ impl IbmCloud {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// `PATCH /v2/resource_keys/{id}` with a new name (repeatable: the same name twice is one
+    /// rename).
+    pub async fn rename_key(
+        &self,
+        api_key: &SecretString,
+        guid_or_crn: &str,
+        name: &str,
+    ) -> Result<ResourceKey, IbmError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "name": name }))
+            .map_err(|e| IbmError::new(OP_RENAME_KEY, ErrorKind::InvalidResponse, e.to_string()))?;
+        let request = Request {
+            operation: OP_RENAME_KEY,
+            endpoint: "PATCH /v2/resource_keys/{id}",
+            method: Method::PATCH,
+            url: self.rc_url(&["v2", "resource_keys", guid_or_crn]),
+            body: Body::Json(body),
+            retry: RetryMode::Idempotent,
+            iam: false,
+        };
+        let reply = self.send(&request, api_key).await?;
+        parse_json(OP_RENAME_KEY, &reply)
     }
 
     /// Requests made so far by (endpoint template, status code or "error").

@@ -42,3 +42,4 @@ pub const OP_FIND_KEYS: &str = "find resource keys by name";
 pub const OP_CREATE_KEY: &str = "create resource key";
 pub const OP_GET_KEY: &str = "get resource key";
 pub const OP_DELETE_KEY: &str = "delete resource key";
+pub const OP_RENAME_KEY: &str = "rename resource key";

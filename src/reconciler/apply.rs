@@ -34,7 +34,11 @@ pub(super) async fn apply(
     request: &IngestionKeyRequest,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
-    let valid = validate_with(request, ctx.settings.min_rotation_interval)?;
+    let valid = validate_with(
+        request,
+        &ctx.settings.cluster_id,
+        ctx.settings.min_rotation_interval,
+    )?;
     let (api_key, api_key_secret) = api_key::read(ctx, request).await?;
     // A changed API key is checked against IBM Cloud at once. A process that has not seen this
     // request yet has nothing to compare with: it trusts the status and the Secret, and the

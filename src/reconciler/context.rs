@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt, runtime::reflector::Store};
 
 use super::{events::Events, keys::CreationAttempt};
 use crate::{
-    crd::IngestionKeyRequest,
+    crd::{ClusterId, IngestionKeyRequest},
     ibm::{IbmApi, IbmError, ResourceInstance},
     lock::lock,
     metrics::{Metrics, RequestSample},
@@ -40,6 +40,11 @@ pub struct Settings {
     /// Use only API key Secrets labelled `keysync.dev/api-key=true` and restart only workloads
     /// annotated `keysync.dev/restart-on-credential-change=true` (`--require-opt-in`).
     pub require_opt_in: bool,
+    /// This cluster's identity, written into every default key name: the operator deletes only
+    /// keys of its own cluster's name family.
+    pub cluster_id: ClusterId,
+    /// How often the leader counts orphan keys (`--orphan-audit-interval`); `None`: never.
+    pub orphan_audit_interval: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -52,6 +57,8 @@ impl Default for Settings {
             min_rotation_interval: crate::crd::MIN_ROTATION_INTERVAL,
             reconcile_deadline: Duration::from_secs(300),
             require_opt_in: false,
+            cluster_id: ClusterId::unidentified(),
+            orphan_audit_interval: None,
         }
     }
 }

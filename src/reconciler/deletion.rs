@@ -6,13 +6,16 @@ use tracing::info;
 
 use super::{
     Context, ReconcileError,
-    keys::delete_and_report,
+    keys::{Removal, delete_and_report},
     plan::{self, DeletionPlan, Recorded},
 };
 use crate::crd::reason;
 use crate::{
-    crd::{DeletionPolicy, IngestionKeyRequest, ResourceKeyStatus, default_key_name},
-    ibm::KeyDeletion,
+    crd::{
+        DeletionPolicy, IngestionKeyRequest, ResourceKeyStatus, default_key_name, may_delete,
+        parse_key_name, retained_name,
+    },
+    ibm::ErrorKind,
     redact::SecretString,
 };
 
@@ -31,7 +34,7 @@ pub(super) async fn finalize(
         return Ok(Action::await_change());
     }
     let retain = request.spec.deletion_policy == DeletionPolicy::Retain;
-    let default_name = default_key_name(request);
+    let default_name = default_key_name(request, &ctx.settings.cluster_id);
     let (recorded_key, search) =
         match plan::plan_deletion(&recorded, retain, default_name.as_deref()) {
             DeletionPlan::Release { retained } => {
@@ -106,7 +109,7 @@ async fn delete_retiring(
         let outcome = delete_and_report(ctx, request, api_key, &key.guid, &key.name, reason, why)
             .await
             .map_err(|e| e.to_string())?;
-        deleted += usize::from(outcome == KeyDeletion::Deleted);
+        deleted += usize::from(outcome == Removal::Deleted);
     }
     Ok(deleted)
 }
@@ -118,6 +121,7 @@ async fn release(
     retained: Option<&ResourceKeyStatus>,
 ) -> Result<Action, ReconcileError> {
     if let Some(key) = retained {
+        mark_retained(ctx, request, key).await?;
         let why = if request.spec.deletion_policy == DeletionPolicy::Retain {
             "deletionPolicy Retain"
         } else {
@@ -137,6 +141,44 @@ async fn release(
         "released; no resource key to delete"
     );
     Ok(Action::await_change())
+}
+
+/// Renames a key of the operator's name family that `deletionPolicy: Retain` gives to its user
+/// (`…:retained`): IBM Cloud then tells anyone auditing the instance that it is kept on purpose,
+/// not an orphan. A rename that fails keeps the finalizer (retried); with no API key left at all,
+/// the key keeps its name and a Warning says so.
+async fn mark_retained(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    key: &ResourceKeyStatus,
+) -> Result<(), ReconcileError> {
+    let uid = request.metadata.uid.as_deref().unwrap_or_default();
+    let ours = parse_key_name(&key.name).is_some_and(|parsed| !parsed.retained)
+        && may_delete(&key.name, uid, &ctx.settings.cluster_id, None);
+    if !ours {
+        return Ok(());
+    }
+    let Some(api_key) = api_key_for_cleanup(ctx, request).await else {
+        let note = format!(
+            "could not mark resource key {} ({}) as retained: the API key Secret is gone; `kubectl ingestionkey audit` will list it as an orphan",
+            key.name, key.guid
+        );
+        let failed = reason::event::RESOURCE_KEY_DELETE_FAILED;
+        ctx.events.warning(request, failed, note).await;
+        return Ok(());
+    };
+    let name = retained_name(&key.name);
+    match ctx.ibm.rename_key(&api_key, &key.guid, &name).await {
+        Ok(_) => {
+            info!(key = %key.guid, key_name = %name, "marked resource key as retained");
+            Ok(())
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Gone) => Ok(()),
+        Err(e) => Err(ReconcileError::DeletionBlocked {
+            key: key.name.clone(),
+            detail: format!("could not rename it to mark it retained: {e}"),
+        }),
+    }
 }
 
 /// The API key from its Secret, else the copy kept in memory from the last apply (namespace
@@ -164,7 +206,7 @@ async fn delete_all(
         let outcome = delete_and_report(ctx, request, api_key, &key.guid, &key.name, reason, why)
             .await
             .map_err(|e| e.to_string())?;
-        deleted += usize::from(outcome == KeyDeletion::Deleted);
+        deleted += usize::from(outcome == Removal::Deleted);
     }
     let Some((instance_guid, name)) = search else {
         return Ok(deleted);
@@ -182,7 +224,7 @@ async fn delete_all(
         let outcome = delete_and_report(ctx, request, api_key, &key.guid, &key.name, reason, why)
             .await
             .map_err(|e| e.to_string())?;
-        deleted += usize::from(outcome == KeyDeletion::Deleted);
+        deleted += usize::from(outcome == Removal::Deleted);
     }
     Ok(deleted)
 }

@@ -16,7 +16,9 @@ use super::{
 };
 use crate::crd::reason;
 use crate::{
-    crd::{IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, default_key_name},
+    crd::{
+        IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, default_key_name, may_delete,
+    },
     ibm::{CreateKeyRequest, ErrorKind, IbmError, KeyDeletion, ResourceInstance, ResourceKey},
     redact::SecretString,
 };
@@ -68,7 +70,7 @@ pub(super) async fn ensure_key(
         pending: status.pending_key_creation.as_ref(),
     };
     let key_name = plan::wanted_key_name(target.base_name, recorded.key, target.replace.is_some());
-    let default_name = default_key_name(request)
+    let default_name = default_key_name(request, &ctx.settings.cluster_id)
         .is_some_and(|base| plan::replacement_number(&base, &key_name).is_some());
     let wanted = Wanted {
         instance_guid: &target.instance.guid,
@@ -289,8 +291,20 @@ fn is_definite_refusal(error: &IbmError) -> bool {
     matches!(error.status, Some(400..=499)) && error.kind() != ErrorKind::RateLimited
 }
 
-/// The one place a key is deleted: the outcome is logged, a deletion is published as an event
-/// with `reason` naming this key, and a failure as a Warning event.
+/// What became of a key the operator set out to delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Removal {
+    Deleted,
+    /// 404 or 410: it was already gone.
+    AlreadyGone,
+    /// Its name is not of this request's and this cluster's name family (a status restored from
+    /// another cluster, a key someone listed by hand): left in IBM Cloud, never deleted.
+    NotOurs,
+}
+
+/// The one place a key is deleted: only a key of the request's own name family; the outcome is
+/// logged, a deletion is published as an event with `reason` naming this key, and a failure or a
+/// refusal as a Warning event.
 pub(super) async fn delete_and_report(
     ctx: &Context,
     request: &IngestionKeyRequest,
@@ -299,7 +313,19 @@ pub(super) async fn delete_and_report(
     name: &str,
     reason: &str,
     why: &str,
-) -> Result<KeyDeletion, IbmError> {
+) -> Result<Removal, IbmError> {
+    let uid = request.metadata.uid.as_deref().unwrap_or_default();
+    let custom = request.spec.resource_key.name.as_deref().map(str::trim);
+    if !may_delete(name, uid, &ctx.settings.cluster_id, custom) {
+        warn!(key = %guid, key_name = %name, "not deleting a resource key of another cluster or request");
+        let note = format!(
+            "left resource key {name} ({guid}) in IBM Cloud: its name is not of this request's and this cluster's ({}) name family, so it belongs to another cluster or request (a status restored from a backup?)",
+            ctx.settings.cluster_id
+        );
+        let retained = reason::event::RESOURCE_KEY_RETAINED;
+        ctx.events.warning(request, retained, note).await;
+        return Ok(Removal::NotOurs);
+    }
     let outcome = ctx.ibm.delete_key(api_key, guid).await;
     match &outcome {
         Ok(KeyDeletion::Deleted) => {
@@ -315,5 +341,8 @@ pub(super) async fn delete_and_report(
             ctx.events.warning(request, failed, note).await;
         }
     }
-    outcome
+    outcome.map(|deletion| match deletion {
+        KeyDeletion::Deleted => Removal::Deleted,
+        KeyDeletion::AlreadyGone => Removal::AlreadyGone,
+    })
 }

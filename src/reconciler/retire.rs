@@ -9,12 +9,12 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::{
     Context, ReconcileError,
-    keys::delete_and_report,
+    keys::{Removal, delete_and_report},
     plan::retire::{DELETE_RETRY, Step, step},
     status,
 };
 use crate::crd::reason;
-use crate::{crd::IngestionKeyRequest, ibm::KeyDeletion, redact::SecretString};
+use crate::{crd::IngestionKeyRequest, redact::SecretString};
 
 /// Carries the retiring keys of `request` one step further. Returns the request as last written
 /// and when to look again (`None`: nothing waits).
@@ -64,9 +64,10 @@ pub(super) async fn retire(
                 match delete_and_report(ctx, &request, api_key, &key.guid, &key.name, reason, why)
                     .await
                 {
-                    Ok(KeyDeletion::Deleted | KeyDeletion::AlreadyGone) => {
+                    Ok(Removal::Deleted | Removal::AlreadyGone) => {
                         ctx.metrics.observe_retired_key_deletion(true);
                     }
+                    Ok(Removal::NotOurs) => {}
                     Err(error) => {
                         ctx.metrics.observe_retired_key_deletion(false);
                         key.delete_attempts = key.delete_attempts.saturating_add(1);

@@ -16,7 +16,7 @@ pub use futures::future::BoxFuture;
 pub use ibm_cloud_sim::{Seed, Simulator};
 
 pub use ingestion_key_operator::{
-    crd::{API_KEY_OPT_IN_LABEL, IngestionKeyRequest, PendingKeyCreation, reason},
+    crd::{API_KEY_OPT_IN_LABEL, ClusterId, IngestionKeyRequest, PendingKeyCreation, reason},
     ibm::{
         ClientConfig, CreateKeyRequest, Endpoints, ErrorKind, IbmApi, IbmCloud, IbmError,
         InstanceQuery, KeyDeletion, ResourceInstance, ResourceKey,
@@ -87,6 +87,7 @@ impl IbmApi for Wrapped {
         get_instance(guid_or_crn: str) -> ResourceInstance;
         find_keys_by_name(instance_guid: str, name: str) -> Vec<ResourceKey>;
         get_key(guid_or_crn: str) -> ResourceKey;
+        rename_key(guid_or_crn: str, name: str) -> ResourceKey;
     }
 
     fn create_key<'a>(
@@ -195,6 +196,17 @@ impl Harness {
     /// A context with no memory of earlier reconciles (as after a restart of the operator).
     pub fn restart(&mut self) {
         let settings = self.ctx.settings.clone();
+        self.restart_with(settings);
+    }
+
+    /// The operator restarted as the operator of another cluster (its `--cluster-id`).
+    pub fn restart_as_cluster(&mut self, cluster_id: &str) {
+        let mut settings = self.ctx.settings.clone();
+        settings.cluster_id = ClusterId::parse(cluster_id).expect("cluster id");
+        self.restart_with(settings);
+    }
+
+    fn restart_with(&mut self, settings: Settings) {
         let wrapped = Wrapped {
             inner: self.ibm.clone(),
             hooks: self.hooks.clone(),

@@ -518,7 +518,8 @@ async fn chart_with_metrics_authorization_lets_the_operator_review_scrapes() {
 }
 
 /// The README's RBAC table is the rules the chart renders: the Role of a watched namespace (the
-/// default), the ClusterRole of `watchNamespaces: []` (the same rules), and the Lease Role.
+/// default), the ClusterRole of `watchNamespaces: []` (the same rules), the Lease Role, and the
+/// ClusterRole that reads the cluster's identity.
 #[test]
 fn readme_lists_the_rbac_the_chart_renders_in_both_modes() {
     let rows = |rules: &Value, place: &str| -> Vec<String> {
@@ -596,6 +597,14 @@ fn readme_lists_the_rbac_the_chart_renders_in_both_modes() {
             &namespaced,
         ),
         "release namespace",
+    ));
+    expected.extend(rows(
+        &role(
+            "ingestion-key-operator-cluster-identity",
+            "ClusterRole",
+            &namespaced,
+        ),
+        "cluster (unless `clusterId` is set)",
     ));
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
     let table: Vec<String> = readme

@@ -266,6 +266,7 @@ enum Route {
     CreateKey,
     GetKey(String),
     DeleteKey(String),
+    RenameKey(String),
     NotFound,
     MethodNotAllowed,
 }
@@ -307,10 +308,11 @@ fn route(method: &Method, segments: &[String]) -> (String, Route) {
         ),
         _ => return (format!("{method} <unknown>"), Route::NotFound),
     };
-    let chosen = match *method {
-        Method::GET => get,
-        Method::POST => post,
-        Method::DELETE => delete,
+    let chosen = match (method, s.as_slice()) {
+        (&Method::GET, _) => get,
+        (&Method::POST, _) => post,
+        (&Method::DELETE, _) => delete,
+        (&Method::PATCH, ["v2", "resource_keys", id]) => Some(Route::RenameKey((*id).to_owned())),
         _ => None,
     };
     (
@@ -413,6 +415,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             Route::CreateKey => world.create_key(auth, &body, &txn),
             Route::GetKey(id) => world.get_key(auth, &id, &txn),
             Route::DeleteKey(id) => world.delete_key(auth, &id, &txn),
+            Route::RenameKey(id) => world.rename_key(auth, &id, &body, &txn),
             Route::NotFound => Err(Reply::rc_error(
                 404,
                 "RC-NotFound",

@@ -1,7 +1,7 @@
 //! What deleting a request must remove in IBM Cloud.
 
-use super::{Recorded, key_instance_guid, rotation::replacement_number};
-use crate::crd::ResourceKeyStatus;
+use super::{Recorded, key_instance_guid};
+use crate::crd::{ResourceKeyStatus, replacement_number};
 
 /// What deletion of a request must do in IBM Cloud.
 #[derive(Clone, Debug, PartialEq)]

@@ -22,11 +22,12 @@ pub use self::{
     deletion::{DeletionPlan, plan_deletion},
     keys::{Found, KeyPlan, Lookup, decide, lookup, record, replaced},
     rotation::{
-        ReplaceCause, RotationState, next_rotation, replace_cause, replacement_name,
-        replacement_number, rotation_state, until, wanted_key_name,
+        ReplaceCause, RotationState, next_rotation, replace_cause, rotation_state, until, wanted_key_name,
     },
     sync::{credential_of, fast_path, last_sync, ready_message, requeue_after, secret_in_sync},
 };
+
+pub use crate::crd::{replacement_name, replacement_number};
 
 use crate::{
     crd::{PendingKeyCreation, ResourceKeyStatus},

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 use super::Recorded;
 use crate::{
-    crd::{IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, ValidSpec},
+    crd::{IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, ValidSpec, replacement_name, replacement_number},
     ibm::ResourceKey,
 };
 
@@ -75,32 +75,6 @@ pub fn replace_cause(
         return Some(ReplaceCause::RoleChanged);
     }
     None
-}
-
-/// IBM's limit on key names.
-const MAX_KEY_NAME: usize = 180;
-
-/// The name of the `n`th replacement of the key named `base`: `base:r<n>` (`base` itself for 0),
-/// `base` shortened as needed to stay within IBM's 180 characters.
-pub fn replacement_name(base: &str, n: u32) -> String {
-    if n == 0 {
-        return base.to_owned();
-    }
-    let suffix = format!(":r{n}");
-    let room = MAX_KEY_NAME.saturating_sub(suffix.len());
-    let kept: String = base.chars().take(room).collect();
-    format!("{kept}{suffix}")
-}
-
-/// Which replacement of `base` the key `name` is (0: `base` itself), or `None` when it is not a
-/// key of that name at all (the request moved to another key name).
-pub fn replacement_number(base: &str, name: &str) -> Option<u32> {
-    if name == base {
-        return Some(0);
-    }
-    let (stem, n) = name.rsplit_once(":r")?;
-    let n: u32 = n.parse().ok().filter(|n| *n > 0)?;
-    (replacement_name(base, n) == name && base.starts_with(stem)).then_some(n)
 }
 
 /// The name of the key the request should use: the recorded key's name while it is a key of

@@ -104,6 +104,52 @@ impl World {
         Ok(Reply::json(200, self.key_json(&self.keys[index], &caller)))
     }
 
+    /// `PATCH /v2/resource_keys/{id}` with `{name}`: renames the key (200 with the key); the
+    /// same rules as creation for the name and the caller's platform role (Operator or higher).
+    pub fn rename_key(
+        &mut self,
+        auth: Option<&str>,
+        id: &str,
+        body: &[u8],
+        txn: &str,
+    ) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let index = self
+            .find_key(&caller, id)
+            .ok_or_else(|| key_not_found(id, txn))?;
+        let body: Value = serde_json::from_slice(body)
+            .map_err(|_| bad_request("The request body is not valid JSON", txn))?;
+        let Some(name) = body.get("name").and_then(Value::as_str).map(str::to_owned) else {
+            return Err(bad_request("Missing required property 'name'", txn));
+        };
+        if !valid_key_name(&name) {
+            return Err(bad_request(
+                "Invalid name: it must be 180 characters or less and cannot include any special characters other than (space) - . _ :",
+                txn,
+            ));
+        }
+        if caller.platform_role < PlatformRole::Operator {
+            return Err(Reply::rc_error(
+                403,
+                "RC-IamErrorResponse",
+                "Not authorized to update resource keys (platform role Operator or higher required)",
+                txn,
+            ));
+        }
+        let key = &mut self.keys[index];
+        if key.state == "removed" {
+            return Err(Reply::rc_error(
+                410,
+                "RC-Gone",
+                "The resource was valid but was removed in a previous call",
+                txn,
+            ));
+        }
+        key.name = name;
+        tracing::info!(key = %key.guid, "simulator: resource key renamed");
+        Ok(Reply::json(200, self.key_json(&self.keys[index], &caller)))
+    }
+
     /// `DELETE /v2/resource_keys/{id}`: 204, then 410 for a removed key, 404 for an unknown one.
     pub fn delete_key(&mut self, auth: Option<&str>, id: &str, txn: &str) -> Result<Reply, Reply> {
         let caller = self.authenticate(auth, txn)?;
