@@ -286,7 +286,12 @@ mod tests {
         assert_eq!(default_key_name(&r, &cluster("c1")), Some(legacy.clone()));
         let r2 = format!("{legacy}:r2");
         let parsed = parse_key_name(&r2).unwrap();
-        assert_eq!(parsed.request, RequestMark::Legacy { uid_prefix: "0f3c9a1e" });
+        assert_eq!(
+            parsed.request,
+            RequestMark::Legacy {
+                uid_prefix: "0f3c9a1e"
+            }
+        );
         assert_eq!(parsed.replacement, 2);
     }
 

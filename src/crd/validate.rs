@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    ClusterId, IngestionKeyRequest, default_key_name, IngestionKeyRequestSpec, InstanceRef, MANAGED_BY_LABEL,
-    MIN_REFRESH_INTERVAL, MIN_ROTATION_INTERVAL,
+    ClusterId, IngestionKeyRequest, IngestionKeyRequestSpec, InstanceRef, MANAGED_BY_LABEL,
+    MIN_REFRESH_INTERVAL, MIN_ROTATION_INTERVAL, default_key_name,
 };
 
 /// How the instance is identified, after validation.
@@ -54,7 +54,10 @@ fn non_empty(value: &Option<String>) -> Option<String> {
 
 /// Checks what the CRD's schema and CEL rules check (older API servers skip CEL), plus what no
 /// schema can express, and derives the key name. Every problem is reported, not just the first.
-pub fn validate(request: &IngestionKeyRequest, cluster: &ClusterId) -> Result<ValidSpec, SpecError> {
+pub fn validate(
+    request: &IngestionKeyRequest,
+    cluster: &ClusterId,
+) -> Result<ValidSpec, SpecError> {
     validate_with(request, cluster, MIN_ROTATION_INTERVAL)
 }
 

@@ -137,6 +137,19 @@ impl IbmCloud {
         instance_guid: &str,
         name: &str,
     ) -> Result<Vec<ResourceKey>, IbmError> {
+        let keys = self.find_keys_in_account(api_key, name).await?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| k.instance_guid() == Some(instance_guid))
+            .collect())
+    }
+
+    /// Every key of the account named exactly `name`, any instance, any state.
+    pub async fn find_keys_in_account(
+        &self,
+        api_key: &SecretString,
+        name: &str,
+    ) -> Result<Vec<ResourceKey>, IbmError> {
         let mut url = self.rc_url(&["v2", "resource_keys"]);
         url.query_pairs_mut()
             .append_pair("name", name)
@@ -144,10 +157,23 @@ impl IbmCloud {
         let keys: Vec<ResourceKey> = self
             .list_all(api_key, OP_FIND_KEYS, "GET /v2/resource_keys", url)
             .await?;
-        Ok(keys
-            .into_iter()
-            .filter(|k| k.name == name && k.instance_guid() == Some(instance_guid))
-            .collect())
+        Ok(keys.into_iter().filter(|k| k.name == name).collect())
+    }
+
+    /// Every instance the API key may see (`GET /v2/resource_instances`, all pages).
+    pub async fn list_instances(
+        &self,
+        api_key: &SecretString,
+    ) -> Result<Vec<ResourceInstance>, IbmError> {
+        let mut url = self.rc_url(&["v2", "resource_instances"]);
+        url.query_pairs_mut().append_pair("limit", PAGE_LIMIT);
+        self.list_all(
+            api_key,
+            OP_LIST_INSTANCES,
+            "GET /v2/resource_instances",
+            url,
+        )
+        .await
     }
 
     /// `POST /v2/resource_keys`. Not idempotent: retried only when the request cannot have reached

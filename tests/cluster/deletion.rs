@@ -47,32 +47,54 @@ async fn a_status_restored_from_another_cluster_never_deletes_that_clusters_key(
     // Cluster A keeps its request; here only its copy from the backup is left.
     let strip = json!({"metadata": {"finalizers": null}});
     let params = PatchParams::default();
-    h.requests().patch("at", &params, &Patch::Merge(strip)).await.unwrap();
+    h.requests()
+        .patch("at", &params, &Patch::Merge(strip))
+        .await
+        .unwrap();
     h.delete_request("at").await;
 
     h.restart_as_cluster("cluster-b");
     h.create("at", spec).await;
     let restored = json!({"status": original.status});
     let requests = h.requests();
-    requests.patch_status("at", &params, &Patch::Merge(restored)).await.unwrap();
+    requests
+        .patch_status("at", &params, &Patch::Merge(restored))
+        .await
+        .unwrap();
     h.refresh_due("at").await;
     for _ in 0..4 {
-        h.reconcile("at").await.expect("reconcile the restored request");
+        h.reconcile("at")
+            .await
+            .expect("reconcile the restored request");
     }
     let request = h.get("at").await;
     let ours = key_guid(&request);
     assert_ne!(ours, theirs, "the restored request uses a key of its own");
-    assert!(key_name(&request).ends_with(":cluster-b"), "{}", key_name(&request));
+    assert!(
+        key_name(&request).ends_with(":cluster-b"),
+        "{}",
+        key_name(&request)
+    );
     assert!(status_of(&request).retiring_keys.is_empty());
-    assert_eq!(h.state_of(&theirs), "active", "cluster A's key is left alone");
+    assert_eq!(
+        h.state_of(&theirs),
+        "active",
+        "cluster A's key is left alone"
+    );
     let refusals = h.events("ResourceKeyRetained").await;
     assert!(
-        refusals.iter().any(|e| e.contains("another cluster or request")),
+        refusals
+            .iter()
+            .any(|e| e.contains("another cluster or request")),
         "{refusals:?}"
     );
 
     h.delete_request("at").await;
     h.reconcile("at").await.expect("cleanup");
     assert_eq!(h.state_of(&ours), "removed");
-    assert_eq!(h.state_of(&theirs), "active", "deletion leaves cluster A's key alone too");
+    assert_eq!(
+        h.state_of(&theirs),
+        "active",
+        "deletion leaves cluster A's key alone too"
+    );
 }

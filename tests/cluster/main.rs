@@ -21,4 +21,5 @@ mod controller;
 mod monitoring;
 mod operations;
 mod plugin;
+mod plugin_audit;
 mod security;

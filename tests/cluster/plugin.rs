@@ -8,7 +8,19 @@ use test_support::env::Env;
 
 /// `kubectl ingestionkey ARGS` with the environment's kubeconfig and IBM Cloud endpoints (run
 /// without blocking: the simulator answers from this test's runtime).
-async fn plugin(env: &Env, args: &[&str]) -> Output {
+pub async fn plugin(env: &Env, args: &[&str]) -> Output {
+    let ibm_url = env.sim.base_url();
+    plugin_with(env, env.cp.kubeconfig_path(), &ibm_url, args).await
+}
+
+/// [`plugin`] with another kubeconfig and IBM Cloud endpoint; stdin is empty (a confirmation
+/// asked for is refused).
+pub async fn plugin_with(
+    env: &Env,
+    kubeconfig: &std::path::Path,
+    ibm_url: &str,
+    args: &[&str],
+) -> Output {
     let dir = env.cp.dir().join("plugin-bin");
     std::fs::create_dir_all(&dir).expect("plugin directory");
     let link = dir.join("kubectl-ingestionkey");
@@ -24,15 +36,16 @@ async fn plugin(env: &Env, args: &[&str]) -> Output {
         .arg("ingestionkey")
         .args(args)
         .env("PATH", path)
-        .env("KUBECONFIG", env.cp.kubeconfig_path())
-        .env("IBMCLOUD_IAM_ENDPOINT", env.sim.base_url())
-        .env("IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT", env.sim.base_url())
+        .env("KUBECONFIG", kubeconfig)
+        .env("IBMCLOUD_IAM_ENDPOINT", ibm_url)
+        .env("IBMCLOUD_RESOURCE_CONTROLLER_ENDPOINT", ibm_url)
+        .stdin(std::process::Stdio::null())
         .output()
         .await
         .expect("kubectl runs")
 }
 
-fn text(output: &Output) -> String {
+pub fn text(output: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -41,7 +54,7 @@ fn text(output: &Output) -> String {
 }
 
 /// What a successful run printed, checked for credentials.
-fn succeeded(env: &Env, output: Output) -> String {
+pub fn succeeded(env: &Env, output: Output) -> String {
     let printed = text(&output);
     assert!(output.status.success(), "{printed}");
     assert_no_credential(env, &printed);
@@ -49,7 +62,7 @@ fn succeeded(env: &Env, output: Output) -> String {
 }
 
 /// Nothing the plugin printed is a secret the simulator knows (keys, tokens, API keys).
-fn assert_no_credential(env: &Env, printed: &str) {
+pub fn assert_no_credential(env: &Env, printed: &str) {
     for secret in env.sim.secret_values() {
         assert!(
             !printed.contains(secret.expose()),

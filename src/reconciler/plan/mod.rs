@@ -14,6 +14,7 @@
 pub mod access;
 pub mod deletion;
 pub mod keys;
+pub mod orphans;
 pub mod retire;
 pub mod rotation;
 pub mod sync;
@@ -22,7 +23,8 @@ pub use self::{
     deletion::{DeletionPlan, plan_deletion},
     keys::{Found, KeyPlan, Lookup, decide, lookup, record, replaced},
     rotation::{
-        ReplaceCause, RotationState, next_rotation, replace_cause, rotation_state, until, wanted_key_name,
+        ReplaceCause, RotationState, next_rotation, replace_cause, rotation_state, until,
+        wanted_key_name,
     },
     sync::{credential_of, fast_path, last_sync, ready_message, requeue_after, secret_in_sync},
 };

@@ -7,7 +7,10 @@ use kube::ResourceExt;
 
 use super::Recorded;
 use crate::{
-    crd::{IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, ValidSpec, replacement_name, replacement_number},
+    crd::{
+        IngestionKeyRequest, ROTATE_ANNOTATION, ResourceKeyStatus, ValidSpec, replacement_name,
+        replacement_number,
+    },
     ibm::ResourceKey,
 };
 
