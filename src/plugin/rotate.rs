@@ -86,7 +86,11 @@ async fn rotate_one(
             let secret = status.secret_name.clone().unwrap_or_default();
             println!("new key {key} in use: Secret {secret} holds it");
         }
-        let rollout = status.rollout.as_ref().filter(|_| replaced);
+        // The roll-out to the new key (a status left from an earlier one does not count).
+        let rollout = status
+            .rollout
+            .as_ref()
+            .filter(|r| replaced && status.key_fingerprint.as_deref() == Some(&r.fingerprint));
         if !rolling_out && rollout.is_some_and(|r| r.completed_at.is_none()) {
             rolling_out = true;
             println!("restart targets rolling out to the new key");

@@ -10,18 +10,18 @@ use test_support::env::Env;
 /// without blocking: the simulator answers from this test's runtime).
 pub async fn plugin(env: &Env, args: &[&str]) -> Output {
     let ibm_url = env.sim.base_url();
-    plugin_with(env, env.cp.kubeconfig_path(), &ibm_url, args).await
+    plugin_with(env.cp, env.cp.kubeconfig_path(), &ibm_url, args).await
 }
 
 /// [`plugin`] with another kubeconfig and IBM Cloud endpoint; stdin is empty (a confirmation
 /// asked for is refused).
 pub async fn plugin_with(
-    env: &Env,
+    cp: &test_support::ControlPlane,
     kubeconfig: &std::path::Path,
     ibm_url: &str,
     args: &[&str],
 ) -> Output {
-    let dir = env.cp.dir().join("plugin-bin");
+    let dir = cp.dir().join("plugin-bin");
     std::fs::create_dir_all(&dir).expect("plugin directory");
     let link = dir.join("kubectl-ingestionkey");
     if !link.exists() {
@@ -135,5 +135,256 @@ async fn rotate_wait_follows_the_rotation_to_the_old_keys_deletion() {
     assert!(!unknown.status.success(), "an unknown request fails");
     let message = text(&unknown);
     assert!(message.contains("no-such-request"), "{message}");
+    env.finish().await;
+}
+
+/// A rotation whose restart targets never roll out: `rotate --wait` exits non-zero with the stall
+/// reason, and the replaced key is kept.
+#[tokio::test]
+async fn rotate_wait_reports_a_stalled_rollout() {
+    let env = Env::new("plugin-stall").await;
+    env.api_key_secret("ibmcloud-api-key", test_support::env::MANAGER_KEY)
+        .await;
+    test_support::workloads::agent_daemonset(&env.client, &env.ns, "logdna-agent").await;
+    let spec = json!({"instance": {"name": "my-activity-tracker"},
+                      "apiKeySecretRef": {"name": "ibmcloud-api-key"},
+                      "restartTargets": [{"kind": "DaemonSet", "name": "logdna-agent"}],
+                      "rotation": {"gracePeriod": "1s", "rolloutTimeout": "2s"}});
+    env.create_request("stall", spec).await;
+    let old_guid = env
+        .wait_ready("stall")
+        .await
+        .status
+        .and_then(|s| s.resource_key)
+        .expect("a key")
+        .guid;
+    let target = format!("{}/stall", env.ns);
+    let out = plugin(&env, &["rotate", &target, "--wait", "--timeout", "60s"]).await;
+    let printed = text(&out);
+    assert_no_credential(&env, &printed);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("RolloutStalled"), "{printed}");
+    assert!(
+        printed.contains("new key"),
+        "the steps before the stall: {printed}"
+    );
+    assert_eq!(
+        env.sim.key(&old_guid).map(|k| k.state).as_deref(),
+        Some("active"),
+        "the replaced key is kept while its successor has not rolled out"
+    );
+    env.finish().await;
+}
+
+/// `key` shows a credential's fingerprint, and the credential itself only with `--reveal`.
+#[tokio::test]
+async fn key_shows_a_credential_only_when_asked_to_reveal_it() {
+    let env = Env::new("plugin-key").await;
+    env.serve_first_request("agent").await;
+    let guid = env
+        .requests()
+        .get("agent")
+        .await
+        .expect("request")
+        .status
+        .and_then(|s| s.resource_key)
+        .expect("a key")
+        .guid;
+    let printed = succeeded(&env, plugin(&env, &["key", &guid]).await);
+    assert!(
+        printed.contains(&guid) && printed.contains(&format!("request {}/agent", env.ns)),
+        "{printed}"
+    );
+    let listed = succeeded(
+        &env,
+        plugin(&env, &["keys", "--instance", "my-activity-tracker"]).await,
+    );
+    assert!(listed.contains(&guid), "{listed}");
+    let instances = succeeded(&env, plugin(&env, &["instances"]).await);
+    assert!(
+        instances.contains(&format!("{}/agent", env.ns)),
+        "{instances}"
+    );
+
+    let revealed = plugin(&env, &["key", &guid, "--reveal"]).await;
+    assert!(revealed.status.success(), "{}", text(&revealed));
+    let credential = env.key_credential(&guid, "ingestion_key").await;
+    assert!(
+        text(&revealed).contains(&credential),
+        "--reveal prints the credential"
+    );
+    env.finish().await;
+}
+
+/// Bad input ends with one line on stderr naming the cause, exit status 1 (2 for `audit`, whose 1
+/// means findings), and nothing deleted: an API key Secret that is missing, a user who may not
+/// read Secrets, an IBM Cloud endpoint that does not answer.
+#[tokio::test]
+async fn bad_input_is_one_line_naming_the_cause_and_deletes_nothing() {
+    let env = Env::new("plugin-bad").await;
+    env.serve_first_request("agent").await;
+    let keys_before = env.sim.keys().len();
+    let one_line = |out: &Output, code: i32, cause: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{}", text(out));
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("kubectl-ingestionkey: "), "{stderr}");
+        assert!(stderr.contains(cause), "names {cause:?}: {stderr}");
+        assert_no_credential(&env, &text(out));
+    };
+    let ns = env.ns.clone();
+    let kubeconfig = env.cp.kubeconfig_path().to_owned();
+
+    let dead = "http://127.0.0.1:9";
+    let out = plugin_with(
+        env.cp,
+        &kubeconfig,
+        dead,
+        &["audit", "-n", &ns, "--delete-orphans", "--yes"],
+    )
+    .await;
+    one_line(&out, 2, "127.0.0.1:9");
+    let out = plugin_with(
+        env.cp,
+        &kubeconfig,
+        dead,
+        &["keys", "-n", &ns, "--instance", "my-activity-tracker"],
+    )
+    .await;
+    one_line(&out, 1, "127.0.0.1:9");
+
+    // A namespace whose only request names an API key Secret that does not exist.
+    let other = Env::new("plugin-bad-alone").await;
+    test_support::env::create_request_in(
+        &other.requests(),
+        "alone",
+        json!({"instance": {"name": "my-activity-tracker"}, "apiKeySecretRef": {"name": "absent-secret"}}),
+    )
+    .await;
+    let ibm = other.sim.base_url();
+    let out = plugin_with(
+        other.cp,
+        &kubeconfig,
+        &ibm,
+        &[
+            "audit",
+            "-n",
+            &other.ns,
+            "--instance",
+            "my-activity-tracker",
+        ],
+    )
+    .await;
+    one_line(&out, 2, "absent-secret");
+    let out = plugin_with(other.cp, &kubeconfig, &ibm, &["instances", "-n", &other.ns]).await;
+    one_line(&out, 1, "absent-secret");
+    other.finish().await;
+
+    let limited = limited_user_kubeconfig(&env).await;
+    let ibm = env.sim.base_url();
+    let args = [
+        "audit",
+        "-n",
+        &ns,
+        "--cluster-id",
+        "c1",
+        "--delete-orphans",
+        "--yes",
+    ];
+    let out = plugin_with(env.cp, &limited, &ibm, &args).await;
+    one_line(&out, 2, "forbidden");
+    let out = plugin_with(env.cp, &limited, &ibm, &["rotate", "-n", &ns, "agent"]).await;
+    one_line(&out, 1, "forbidden");
+
+    assert_eq!(env.sim.keys().len(), keys_before, "no key made");
+    assert!(
+        env.sim.keys().iter().all(|k| k.state == "active"),
+        "nothing deleted"
+    );
+    env.finish().await;
+}
+
+/// A kubeconfig for user `bob` (impersonated), who may read requests in the namespace and
+/// nothing else: no Secrets, no changes.
+async fn limited_user_kubeconfig(env: &Env) -> std::path::PathBuf {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::{Api, api::PostParams, config::Kubeconfig};
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "request-reader"},
+        "rules": [{"apiGroups": ["keysync.dev"], "resources": ["ingestionkeyrequests"],
+                   "verbs": ["get", "list"]}],
+    }))
+    .expect("Role JSON");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "request-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "request-reader"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
+    }))
+    .expect("RoleBinding JSON");
+    let post = PostParams::default();
+    Api::<Role>::namespaced(env.client.clone(), &env.ns)
+        .create(&post, &role)
+        .await
+        .expect("Role");
+    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
+        .create(&post, &binding)
+        .await
+        .expect("RoleBinding");
+    let mut kubeconfig = Kubeconfig::read_from(env.cp.kubeconfig_path()).expect("kubeconfig");
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            auth.impersonate = Some("bob".into());
+        }
+    }
+    let path = env.cp.dir().join(format!("bob-{}.kubeconfig", env.ns));
+    let text = serde_json::to_string(&kubeconfig).expect("kubeconfig JSON");
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}
+
+/// `check` fails while no operator runs and names the leader once one does (`--wait` waits for
+/// it); `version` and `completion` answer.
+#[tokio::test]
+async fn check_names_the_leader_and_fails_without_an_operator() {
+    let ns = test_support::control_plane()
+        .namespace("plugin-check")
+        .await;
+    let kubeconfig = test_support::control_plane().kubeconfig_path().to_owned();
+    let lease = ["--leader-elect", "--leader-election-namespace", &ns];
+    let mut env = Env::in_namespace(ns.clone(), &kubeconfig, &lease).await;
+    let ibm = env.sim.base_url();
+    let printed = succeeded(&env, plugin(&env, &["check"]).await);
+    let leads = printed.contains("CRD ingestionkeyrequests.keysync.dev: established")
+        && printed.contains("leader: ");
+    assert!(leads, "{printed}");
+
+    env.operator.stop();
+    let out = plugin(&env, &["check"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no operator is running"),
+        "{}",
+        text(&out)
+    );
+    let cp = env.cp;
+    let waiting = plugin_with(cp, &kubeconfig, &ibm, &["check", "--wait", "60s"]);
+    let restart = async {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        env.operator.start_again();
+    };
+    let (out, ()) = tokio::join!(waiting, restart);
+    assert!(
+        out.status.success(),
+        "check --wait sees the operator come back: {}",
+        text(&out)
+    );
+
+    let version = succeeded(&env, plugin(&env, &["version"]).await);
+    assert!(
+        version.contains(&format!("plugin: {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let completion = succeeded(&env, plugin(&env, &["completion", "bash"]).await);
+    assert!(completion.contains("kubectl-ingestionkey"), "{completion}");
     env.finish().await;
 }
