@@ -36,6 +36,8 @@ pub struct Metrics {
     retired_key_deletions: Mutex<BTreeMap<&'static str, u64>>,
     /// Replacements of a key (rotations, moves, role changes, lost one-time values).
     rotations: std::sync::atomic::AtomicU64,
+    /// Orphan keys per instance name, from the leader's last audit (`--orphan-audit-interval`).
+    orphan_keys: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Every known label value starts at 0: a series exists from the first scrape, so that `rate()`
@@ -51,6 +53,7 @@ impl Default for Metrics {
                 ["deleted", "failed"].into_iter().map(|r| (r, 0)).collect(),
             ),
             rotations: Default::default(),
+            orphan_keys: Mutex::default(),
         }
     }
 }
@@ -79,6 +82,16 @@ impl Metrics {
     /// Records that a key was replaced by a new one.
     pub fn observe_rotation(&self) {
         self.rotations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The orphan keys the last audit counted on one instance.
+    pub fn set_orphan_keys(&self, instance: &str, count: u64) {
+        lock(&self.orphan_keys).insert(instance.to_owned(), count);
+    }
+
+    /// Drops the series of instances no request uses any more.
+    pub fn retain_orphan_instances(&self, in_use: &[String]) {
+        lock(&self.orphan_keys).retain(|instance, _| in_use.contains(instance));
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -140,6 +153,17 @@ impl Metrics {
             ("retired_key_deletions_total", "counter"),
             "Deletions of replaced resource keys after their grace period, by result (failed ones are retried).",
             by("result", &lock(&self.retired_key_deletions)),
+        );
+        family(
+            &mut out,
+            ("orphan_keys", "gauge"),
+            "Active resource keys of this cluster's naming on an instance in use whose request no longer exists (the leader's last audit, --orphan-audit-interval); `kubectl ingestionkey audit` lists them.",
+            lock(&self.orphan_keys)
+                .iter()
+                .map(|(instance, count)| {
+                    (format!("instance=\"{}\"", escape_label(instance)), *count)
+                })
+                .collect::<Vec<_>>(),
         );
         family(
             &mut out,

@@ -26,6 +26,13 @@ pub trait IbmApi: Send + Sync + 'static {
         guid_or_crn: &'a str,
     ) -> BoxFuture<'a, Result<ResourceInstance, IbmError>>;
 
+    /// Every key of the instance `instance_guid`, in any state.
+    fn list_instance_keys<'a>(
+        &'a self,
+        api_key: &'a SecretString,
+        instance_guid: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ResourceKey>, IbmError>>;
+
     /// Keys named exactly `name` on the instance `instance_guid`, in any state.
     fn find_keys_by_name<'a>(
         &'a self,
@@ -86,6 +93,7 @@ impl IbmApi for IbmCloud {
     forward_ibm_api! { this => this;
         find_instances_by_name(query: InstanceQuery) -> Vec<ResourceInstance>;
         get_instance(guid_or_crn: str) -> ResourceInstance;
+        list_instance_keys(instance_guid: str) -> Vec<ResourceKey>;
         find_keys_by_name(instance_guid: str, name: str) -> Vec<ResourceKey>;
         create_key(request: CreateKeyRequest) -> ResourceKey;
         get_key(guid_or_crn: str) -> ResourceKey;

@@ -170,6 +170,12 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
         controllers.push(controller);
     }
     *lock(&ctx.stores) = stores.clone();
+    let audits = match ctx.settings.orphan_audit_interval {
+        Some(interval) => {
+            super::orphan_audit::run(ctx.clone(), stores.clone(), interval, shutdown).boxed()
+        }
+        None => futures::future::ready(()).boxed(),
+    };
     let readiness = async move {
         for store in stores {
             if store.wait_until_ready().await.is_err() {
@@ -179,7 +185,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>, shutdown: Shutdown) 
         ready.store(true, Ordering::Release);
         info!("caches synced; ready");
     };
-    tokio::join!(futures::future::join_all(controllers), readiness);
+    tokio::join!(futures::future::join_all(controllers), readiness, audits);
     lock(&ctx.stores).clear();
 }
 

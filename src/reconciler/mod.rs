@@ -8,6 +8,7 @@
 //!   roll out restart targets (`rollout`) -> retire replaced keys (`retire`) -> status (`status`).
 //! - `deletion`: the finalizer's work when a request goes.
 //! - `api_key_index`: which requests name an API key Secret, from the requests' watch.
+//! - `orphan_audit`: the leader's optional count of keys whose request is gone (a metric).
 //! - `requeue`: the back-off after a failure and the jitter of refreshes.
 //! - `plan`: every decision of those phases as a pure function of what the phase read; the
 //!   phases above only read, ask `plan`, and carry out its answer.
@@ -26,6 +27,7 @@ mod fake_api_server;
 mod fast_tests;
 mod instance;
 mod keys;
+mod orphan_audit;
 pub mod plan;
 mod requeue;
 mod retire;

@@ -86,6 +86,7 @@ impl IbmApi for Wrapped {
         find_instances_by_name(query: InstanceQuery) -> Vec<ResourceInstance>;
         get_instance(guid_or_crn: str) -> ResourceInstance;
         find_keys_by_name(instance_guid: str, name: str) -> Vec<ResourceKey>;
+        list_instance_keys(instance_guid: str) -> Vec<ResourceKey>;
         get_key(guid_or_crn: str) -> ResourceKey;
         rename_key(guid_or_crn: str, name: str) -> ResourceKey;
     }

@@ -262,3 +262,49 @@ fn own_cluster() -> &'static ControlPlane {
 fn state(env: &Env, guid: &str) -> String {
     env.sim.key(guid).map(|k| k.state).unwrap_or_default()
 }
+
+/// With `--orphan-audit-interval`, the leader counts the orphans of each instance in use
+/// (`ingestion_key_operator_orphan_keys{instance}`): 0 while every key has its request, 1 once a
+/// request went with its finalizer removed by hand, 0 again after `audit --delete-orphans`.
+#[tokio::test]
+async fn the_leader_counts_orphans_per_instance() {
+    let mut env =
+        Env::with_operator_args("orphan-metric", &["--orphan-audit-interval", "1s"]).await;
+    env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;
+    for name in ["kept", "gone"] {
+        env.create_request(name, spec(name)).await;
+        env.wait_ready(name).await;
+    }
+    let sample = "ingestion_key_operator_orphan_keys{instance=\"my-activity-tracker\"}";
+    let page = env.operator.metrics().await;
+    wait_for("the first audit", WAIT, || async {
+        env.operator
+            .metrics()
+            .await
+            .contains(&format!("{sample} 0"))
+    })
+    .await;
+    assert!(
+        page.contains("# TYPE ingestion_key_operator_orphan_keys gauge"),
+        "{page}"
+    );
+
+    env.operator.stop();
+    delete_by_hand(&env.requests(), "gone").await;
+    env.operator.start_again();
+    env.operator.wait_ready().await;
+    let operator = &env.operator;
+    wait_for("the orphan to be counted", WAIT, || async {
+        operator.metric(sample).await == 1.0
+    })
+    .await;
+
+    let out = plugin(&env, &["audit", "-n", &env.ns, "--delete-orphans", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let operator = &env.operator;
+    wait_for("the count to drop after the clean-up", WAIT, || async {
+        operator.metric(sample).await == 0.0
+    })
+    .await;
+    env.finish().await;
+}
