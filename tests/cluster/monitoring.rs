@@ -181,7 +181,7 @@ async fn the_not_ready_alert_fires_on_a_real_prometheus_and_dashboards_query_rea
         .arg("check")
         .arg("rules")
         .arg(&rules));
-    assert!(check.contains("SUCCESS: 7 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 8 rules found"), "{check}");
 
     let env = Env::new("monitoring").await;
     env.api_key_secret("ibmcloud-api-key", MANAGER_KEY).await;

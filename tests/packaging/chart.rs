@@ -69,6 +69,8 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_th
     assert_eq!(
         found,
         [
+            "ClusterRole-cluster-identity",
+            "ClusterRoleBinding-cluster-identity",
             "Deployment",
             "NetworkPolicy",
             "PodDisruptionBudget",
@@ -88,7 +90,17 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_th
             },
         })
         .collect::<Vec<_>>(),
-        "no ClusterRole by default: rights in the agents' namespace only"
+        "rights in the agents' namespace only, and one cluster-scoped read"
+    );
+    let identity = objs
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("the cluster identity ClusterRole");
+    assert_eq!(
+        identity["rules"],
+        json!([{"apiGroups": [""], "resources": ["namespaces"],
+                "resourceNames": ["kube-system"], "verbs": ["get"]}]),
+        "the only cluster-scoped right: get on the kube-system namespace (the cluster's identity)"
     );
     // Two replicas with leader election, rolled one at a time, kept through drains, spread.
     let deployment = find(&objs, "Deployment");
@@ -196,11 +208,11 @@ async fn chart_with_default_values_lints_renders_applies_and_grants_rights_in_th
     let own = rules_of(cp, &sa, &ns);
     assert_eq!(
         own.get("leases.coordination.k8s.io"),
-        Some(&BTreeSet::from([
-            "create".to_string(),
-            "get".into(),
-            "update".into()
-        ]))
+        Some(&BTreeSet::from(["create".to_string()]))
+    );
+    assert_eq!(
+        own.get("leases.coordination.k8s.io named ingestion-key-operator"),
+        Some(&BTreeSet::from(["get".to_string(), "update".into()]))
     );
     assert!(!own.contains_key("secrets"), "{own:?}");
 }
@@ -234,10 +246,13 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     let objs = objects(&manifests);
     let fullname = format!("{release}-ingestion-key-operator");
 
-    // No cluster-scoped rights at all: a Role and RoleBinding in each watched namespace.
+    // No cluster-scoped rights but the read of the cluster's identity: a Role and RoleBinding in
+    // each watched namespace.
+    let identity = format!("{fullname}-cluster-identity");
     for kind in ["ClusterRole", "ClusterRoleBinding"] {
         assert!(
-            objs.iter().all(|o| o["kind"] != kind),
+            objs.iter()
+                .all(|o| o["kind"] != kind || o["metadata"]["name"] == identity.as_str()),
             "{kind} rendered for given namespaces: {:?}",
             kinds(&objs)
         );
@@ -309,18 +324,29 @@ async fn chart_for_given_namespaces_grants_rights_there_and_nowhere_else() {
     for watched in &watched {
         assert_operator_rights(cp, &sa, watched, false, RestartTargets::Granted);
     }
+    let identity = (
+        "namespaces named kube-system".to_string(),
+        BTreeSet::from(["get".to_string()]),
+    );
     assert_eq!(
         rules_of(cp, &sa, &unwatched),
-        BTreeMap::new(),
-        "rights in a namespace that is not watched"
+        BTreeMap::from([identity.clone()]),
+        "rights in a namespace that is not watched: the cluster's identity only"
     );
     assert_eq!(
         rules_of(cp, &sa, &ns),
-        BTreeMap::from([(
-            "leases.coordination.k8s.io".to_string(),
-            BTreeSet::from(["create".to_string(), "get".into(), "update".into()]),
-        )]),
-        "rights in the operator's own namespace: its Lease only"
+        BTreeMap::from([
+            (
+                "leases.coordination.k8s.io".to_string(),
+                BTreeSet::from(["create".to_string()]),
+            ),
+            (
+                "leases.coordination.k8s.io named ingestion-key-operator".to_string(),
+                BTreeSet::from(["get".to_string(), "update".into()]),
+            ),
+            identity,
+        ]),
+        "rights in the operator's own namespace: its Lease (and the cluster's identity)"
     );
     for (verb, resource) in [
         ("get", "secrets"),

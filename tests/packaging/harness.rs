@@ -239,9 +239,18 @@ pub fn rules_of(cp: &ControlPlane, sa: &str, ns: &str) -> BTreeMap<String, BTree
         if line.starts_with(char::is_whitespace) || line.trim().is_empty() {
             continue; // non-resource URLs
         }
-        let resource = line.split_whitespace().next().unwrap().to_string();
+        let mut resource = line.split_whitespace().next().unwrap().to_string();
         if resource.starts_with("selfsubject") {
             continue;
+        }
+        // Columns: resources, [non-resource URLs], [resource names], [verbs].
+        let groups: Vec<&str> = line
+            .split('[')
+            .skip(1)
+            .map(|g| g.split(']').next().unwrap_or_default().trim())
+            .collect();
+        if let Some(names) = groups.get(1).filter(|n| !n.is_empty()) {
+            resource = format!("{resource} named {names}");
         }
         let verbs = line
             .rsplit_once('[')
@@ -285,6 +294,8 @@ pub fn operator_rules(restart_targets: RestartTargets) -> BTreeMap<String, BTree
             "events.events.k8s.io".to_string(),
             set(&["create", "patch"]),
         ),
+        // The cluster's identity (the kube-system namespace's UID), read once at start.
+        ("namespaces named kube-system".to_string(), set(&["get"])),
     ]);
     if restart_targets == RestartTargets::Granted {
         for kind in RESTART_KINDS {
