@@ -139,7 +139,7 @@ async fn inspect(session: &Session) -> Report {
     }
     if ready_pods == 0 && leader.is_none() {
         report.problems.push(
-            "no operator is running: no Ready pod labelled app.kubernetes.io/name=ingestion-key-operator and no live leader Lease".into(),
+            "no operator found: no Ready pod labelled app.kubernetes.io/name=ingestion-key-operator and no live leader Lease (an operator run outside the cluster without --leader-elect cannot be seen)".into(),
         );
     }
     report
