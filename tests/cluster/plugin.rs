@@ -307,37 +307,13 @@ async fn bad_input_is_one_line_naming_the_cause_and_deletes_nothing() {
 /// A kubeconfig for user `bob` (impersonated), who may read requests in the namespace and
 /// nothing else: no Secrets, no changes.
 async fn limited_user_kubeconfig(env: &Env) -> std::path::PathBuf {
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    use kube::{Api, api::PostParams, config::Kubeconfig};
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "request-reader"},
-        "rules": [{"apiGroups": ["keysync.dev"], "resources": ["ingestionkeyrequests"],
-                   "verbs": ["get", "list"]}],
-    }))
-    .expect("Role JSON");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "request-reader"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "request-reader"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
-    }))
-    .expect("RoleBinding JSON");
-    let post = PostParams::default();
-    Api::<Role>::namespaced(env.client.clone(), &env.ns)
-        .create(&post, &role)
-        .await
-        .expect("Role");
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
-        .create(&post, &binding)
-        .await
-        .expect("RoleBinding");
-    let mut kubeconfig = Kubeconfig::read_from(env.cp.kubeconfig_path()).expect("kubeconfig");
-    for user in &mut kubeconfig.auth_infos {
-        if let Some(auth) = user.auth_info.as_mut() {
-            auth.impersonate = Some("bob".into());
-        }
-    }
+    let rules = json!([{"apiGroups": ["keysync.dev"], "resources": ["ingestionkeyrequests"],
+                        "verbs": ["get", "list"]}]);
+    env.cp
+        .grant_user(&env.ns, "bob", "request-reader", rules)
+        .await;
     let path = env.cp.dir().join(format!("bob-{}.kubeconfig", env.ns));
-    let text = serde_json::to_string(&kubeconfig).expect("kubeconfig JSON");
+    let text = serde_json::to_string(&env.cp.kubeconfig_as("bob")).expect("kubeconfig JSON");
     std::fs::write(&path, text).expect("write kubeconfig");
     path
 }

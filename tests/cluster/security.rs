@@ -4,9 +4,8 @@
 //! The user is impersonated on the real API server with exactly those rights.
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::KubeConfigOptions;
 use serde_json::json;
 use test_support::env::{Env, MANAGER_KEY, ready_message};
 use test_support::workloads::{agent_daemonset, template_fingerprint};
@@ -23,33 +22,12 @@ const USER: &str = "alice";
 /// create and read requests in the namespace and nothing else (no Secret, no workload).
 async fn as_request_author(prefix: &str) -> (Env, Api<IngestionKeyRequest>) {
     let env = Env::with_operator_args(prefix, &["--require-opt-in"]).await;
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "request-author"},
-        "rules": [{"apiGroups": ["keysync.dev"], "resources": ["ingestionkeyrequests"],
-                   "verbs": ["create", "get", "list", "watch"]}],
-    }))
-    .expect("Role JSON");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "request-author"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "request-author"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}],
-    }))
-    .expect("RoleBinding JSON");
-    let post = PostParams::default();
-    Api::<Role>::namespaced(env.client.clone(), &env.ns)
-        .create(&post, &role)
-        .await
-        .expect("Role");
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
-        .create(&post, &binding)
-        .await
-        .expect("RoleBinding");
-    let mut kubeconfig = Kubeconfig::read_from(env.cp.kubeconfig_path()).expect("kubeconfig");
-    for user in &mut kubeconfig.auth_infos {
-        if let Some(auth) = user.auth_info.as_mut() {
-            auth.impersonate = Some(USER.into());
-        }
-    }
+    let rules = json!([{"apiGroups": ["keysync.dev"], "resources": ["ingestionkeyrequests"],
+                        "verbs": ["create", "get", "list", "watch"]}]);
+    env.cp
+        .grant_user(&env.ns, USER, "request-author", rules)
+        .await;
+    let kubeconfig = env.cp.kubeconfig_as(USER);
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("impersonating config");

@@ -114,9 +114,7 @@ impl World {
         txn: &str,
     ) -> Result<Reply, Reply> {
         let caller = self.authenticate(auth, txn)?;
-        let index = self
-            .find_key(&caller, id)
-            .ok_or_else(|| key_not_found(id, txn))?;
+        let index = self.changeable_key(&caller, id, "update", txn)?;
         let body: Value = serde_json::from_slice(body)
             .map_err(|_| bad_request("The request body is not valid JSON", txn))?;
         let Some(name) = body.get("name").and_then(Value::as_str).map(str::to_owned) else {
@@ -128,44 +126,35 @@ impl World {
                 txn,
             ));
         }
-        if caller.platform_role < PlatformRole::Operator {
-            return Err(Reply::rc_error(
-                403,
-                "RC-IamErrorResponse",
-                "Not authorized to update resource keys (platform role Operator or higher required)",
-                txn,
-            ));
-        }
         let key = &mut self.keys[index];
-        if key.state == "removed" {
-            return Err(Reply::rc_error(
-                410,
-                "RC-Gone",
-                "The resource was valid but was removed in a previous call",
-                txn,
-            ));
-        }
         key.name = name;
         tracing::info!(key = %key.guid, "simulator: resource key renamed");
         Ok(Reply::json(200, self.key_json(&self.keys[index], &caller)))
     }
 
-    /// `DELETE /v2/resource_keys/{id}`: 204, then 410 for a removed key, 404 for an unknown one.
-    pub fn delete_key(&mut self, auth: Option<&str>, id: &str, txn: &str) -> Result<Reply, Reply> {
-        let caller = self.authenticate(auth, txn)?;
+    /// The index of key `id` when `caller` may `verb` it (update, delete): it exists (404), the
+    /// caller's platform role is Operator or higher (403), and it is not removed (410).
+    fn changeable_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verb: &str,
+        txn: &str,
+    ) -> Result<usize, Reply> {
         let index = self
-            .find_key(&caller, id)
+            .find_key(caller, id)
             .ok_or_else(|| key_not_found(id, txn))?;
         if caller.platform_role < PlatformRole::Operator {
             return Err(Reply::rc_error(
                 403,
                 "RC-IamErrorResponse",
-                "Not authorized to delete resource keys (platform role Operator or higher required)",
+                format!(
+                    "Not authorized to {verb} resource keys (platform role Operator or higher required)"
+                ),
                 txn,
             ));
         }
-        let key = &mut self.keys[index];
-        if key.state == "removed" {
+        if self.keys[index].state == "removed" {
             return Err(Reply::rc_error(
                 410,
                 "RC-Gone",
@@ -173,6 +162,14 @@ impl World {
                 txn,
             ));
         }
+        Ok(index)
+    }
+
+    /// `DELETE /v2/resource_keys/{id}`: 204, then 410 for a removed key, 404 for an unknown one.
+    pub fn delete_key(&mut self, auth: Option<&str>, id: &str, txn: &str) -> Result<Reply, Reply> {
+        let caller = self.authenticate(auth, txn)?;
+        let index = self.changeable_key(&caller, id, "delete", txn)?;
+        let key = &mut self.keys[index];
         key.state = "removed".to_owned();
         key.deleted_at = Some(rfc3339(now_unix()));
         tracing::info!(key = %key.guid, "simulator: resource key deleted");

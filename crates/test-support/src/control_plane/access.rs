@@ -227,4 +227,39 @@ current-context: envtest
             .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
         name
     }
+
+    /// Gives `user` exactly `rules` in namespace `ns`: a Role and a RoleBinding named `role`.
+    pub async fn grant_user(&self, ns: &str, user: &str, role: &str, rules: serde_json::Value) {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let client = self.client().await;
+        let role_object: Role =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": role}, "rules": rules}))
+                .expect("Role JSON");
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .expect("RoleBinding JSON");
+        let post = PostParams::default();
+        Api::<Role>::namespaced(client.clone(), ns)
+            .create(&post, &role_object)
+            .await
+            .expect("Role");
+        Api::<RoleBinding>::namespaced(client, ns)
+            .create(&post, &binding)
+            .await
+            .expect("RoleBinding");
+    }
+
+    /// The admin's kubeconfig, impersonating `user` (whose rights are only what RBAC grants them).
+    pub fn kubeconfig_as(&self, user: &str) -> Kubeconfig {
+        let mut kubeconfig = Kubeconfig::read_from(self.kubeconfig_path()).expect("kubeconfig");
+        for entry in &mut kubeconfig.auth_infos {
+            if let Some(auth) = entry.auth_info.as_mut() {
+                auth.impersonate = Some(user.into());
+            }
+        }
+        kubeconfig
+    }
 }
