@@ -452,15 +452,7 @@ impl Harness {
 
     /// A key on the Activity Tracker instance that someone else created (Terraform, the console).
     pub async fn someone_elses_key(&self, name: &str) -> ResourceKey {
-        let create = CreateKeyRequest {
-            name: name.into(),
-            source: AT_GUID.into(),
-            role: "Manager".into(),
-        };
-        self.ibm
-            .create_key(&SecretString::new(MANAGER_KEY), &create)
-            .await
-            .expect("someone else's key")
+        support::env::someone_elses_key(&self.ibm, name).await
     }
 }
 

@@ -205,16 +205,7 @@ async fn duplicates_of_the_default_name_are_deleted_keeping_one() {
 #[tokio::test]
 async fn a_custom_named_key_that_exists_is_reused() {
     let h = Harness::new("rec-custom").await;
-    let create = CreateKeyRequest {
-        name: "team-key".into(),
-        source: AT_GUID.into(),
-        role: "Manager".into(),
-    };
-    let existing = h
-        .ibm
-        .create_key(&SecretString::new(MANAGER_KEY), &create)
-        .await
-        .unwrap();
+    let existing = h.someone_elses_key("team-key").await;
     h.create(
         "at",
         at_spec_with("resourceKey", serde_json::json!({"name": "team-key"})),

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use ibm_cloud_sim::Faults;
-use ingestion_key_operator::{crd::IngestionKeyRequest, ibm::CreateKeyRequest};
+use ingestion_key_operator::crd::IngestionKeyRequest;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api,
@@ -18,8 +18,6 @@ use test_support::{
 };
 
 use crate::plugin::{assert_no_credential, plugin, text};
-
-const AT_GUID: &str = "8d7af921-b136-4078-9666-081bd8470d94";
 
 fn spec(secret: &str) -> Value {
     json!({"instance": {"name": "my-activity-tracker"},
@@ -169,16 +167,8 @@ async fn audit_finds_exactly_the_orphans_and_deletes_only_them() {
     env.operator.wait_ready().await;
 
     // Someone else's key on the same instance.
-    let foreign = CreateKeyRequest {
-        name: "someone-elses-key".into(),
-        source: AT_GUID.into(),
-        role: "Manager".into(),
-    };
-    let foreign = env
-        .ibm
-        .create_key(&MANAGER_KEY.into(), &foreign)
+    let foreign = support::env::someone_elses_key(&env.ibm, "someone-elses-key")
         .await
-        .expect("a foreign key")
         .guid;
 
     // A second cluster on the same instance, with the same namespace and request names.
