@@ -98,8 +98,51 @@ async fn get_shows_whether_each_secret_matches_ibm_cloud() {
     env.tamper("logdna-agent-key", "logdna-agent-key").await;
     let verdict = matches_ibm(&env, "agent").await;
     assert!(verdict.starts_with("no"), "{verdict}");
+    assert_eq!(
+        audit_kinds(&env).await,
+        (1, vec!["secret-differs".to_owned()])
+    );
+    // The recorded key deleted in IBM Cloud behind the operator's back.
+    let guid = env
+        .requests()
+        .get("agent")
+        .await
+        .expect("request")
+        .status
+        .and_then(|s| s.resource_key)
+        .expect("a key")
+        .guid;
+    let manager = test_support::env::MANAGER_KEY.into();
+    env.ibm.delete_key(&manager, &guid).await.expect("delete");
+    assert_eq!(
+        audit_kinds(&env).await,
+        (1, vec!["recorded-key-gone".to_owned()])
+    );
+    // The operator repairs both, and the audit finds nothing.
     env.operator.start_again();
+    let env_ref = &env;
+    test_support::wait_for(
+        "the audit to come out clean",
+        test_support::WAIT,
+        || async { audit_kinds(env_ref).await == (0, Vec::new()) },
+    )
+    .await;
     env.finish().await;
+}
+
+/// The exit status of `audit -n NS -o json` and the kinds of its findings.
+async fn audit_kinds(env: &Env) -> (i32, Vec<String>) {
+    let out = plugin(env, &["audit", "-n", &env.ns, "-o", "json"]).await;
+    assert_no_credential(env, &text(&out));
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("audit JSON");
+    let kinds = rows
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|r| r["finding"] == true)
+        .filter_map(|r| r["kind"].as_str().map(str::to_owned))
+        .collect();
+    (out.status.code().unwrap_or(-1), kinds)
 }
 
 /// `rotate --wait` asks for a rotation and ends once the replaced key is deleted, saying each
