@@ -103,15 +103,7 @@ async fn get_shows_whether_each_secret_matches_ibm_cloud() {
         (1, vec!["secret-differs".to_owned()])
     );
     // The recorded key deleted in IBM Cloud behind the operator's back.
-    let guid = env
-        .requests()
-        .get("agent")
-        .await
-        .expect("request")
-        .status
-        .and_then(|s| s.resource_key)
-        .expect("a key")
-        .guid;
+    let guid = recorded_guid(&env, "agent").await;
     let manager = test_support::env::MANAGER_KEY.into();
     env.ibm.delete_key(&manager, &guid).await.expect("delete");
     assert_eq!(
@@ -156,12 +148,8 @@ async fn rotate_wait_follows_the_rotation_to_the_old_keys_deletion() {
                       "apiKeySecretRef": {"name": "ibmcloud-api-key"},
                       "rotation": {"gracePeriod": "1s"}});
     env.create_request("rot", spec).await;
-    let first = env.wait_ready("rot").await;
-    let old_guid = first
-        .status
-        .and_then(|s| s.resource_key)
-        .expect("a key")
-        .guid;
+    env.wait_ready("rot").await;
+    let old_guid = recorded_guid(&env, "rot").await;
     let target = format!("{}/rot", env.ns);
     let args = ["rotate", &target, "--wait", "--timeout", "60s"];
     let printed = succeeded(&env, plugin(&env, &args).await);
@@ -194,13 +182,8 @@ async fn rotate_wait_reports_a_stalled_rollout() {
                       "restartTargets": [{"kind": "DaemonSet", "name": "logdna-agent"}],
                       "rotation": {"gracePeriod": "1s", "rolloutTimeout": "2s"}});
     env.create_request("stall", spec).await;
-    let old_guid = env
-        .wait_ready("stall")
-        .await
-        .status
-        .and_then(|s| s.resource_key)
-        .expect("a key")
-        .guid;
+    env.wait_ready("stall").await;
+    let old_guid = recorded_guid(&env, "stall").await;
     let target = format!("{}/stall", env.ns);
     let out = plugin(&env, &["rotate", &target, "--wait", "--timeout", "60s"]).await;
     let printed = text(&out);
@@ -224,15 +207,7 @@ async fn rotate_wait_reports_a_stalled_rollout() {
 async fn key_shows_a_credential_only_when_asked_to_reveal_it() {
     let env = Env::new("plugin-key").await;
     env.serve_first_request("agent").await;
-    let guid = env
-        .requests()
-        .get("agent")
-        .await
-        .expect("request")
-        .status
-        .and_then(|s| s.resource_key)
-        .expect("a key")
-        .guid;
+    let guid = recorded_guid(&env, "agent").await;
     let printed = succeeded(&env, plugin(&env, &["key", &guid]).await);
     assert!(
         printed.contains(&guid) && printed.contains(&format!("request {}/agent", env.ns)),
@@ -402,4 +377,16 @@ async fn check_names_the_leader_and_fails_without_an_operator() {
     let completion = succeeded(&env, plugin(&env, &["completion", "bash"]).await);
     assert!(completion.contains("kubectl-ingestionkey"), "{completion}");
     env.finish().await;
+}
+
+/// The GUID of the key request `name` records.
+async fn recorded_guid(env: &Env, name: &str) -> String {
+    env.requests()
+        .get(name)
+        .await
+        .expect("request")
+        .status
+        .and_then(|s| s.resource_key)
+        .expect("a key")
+        .guid
 }
