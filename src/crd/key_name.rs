@@ -102,9 +102,8 @@ pub fn default_key_name(request: &IngestionKeyRequest, cluster: &ClusterId) -> O
     let recorded = status
         .and_then(|s| s.resource_key.as_ref())
         .map(|k| k.name.as_str());
-    let pending = status
-        .and_then(|s| s.pending_key_creation.as_ref())
-        .map(|p| p.name.as_str());
+    let pending = request.pending_key_creation();
+    let pending = pending.as_ref().map(|p| p.name.as_str());
     if [recorded, pending]
         .into_iter()
         .flatten()

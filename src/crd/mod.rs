@@ -36,6 +36,9 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// The shortest rotation interval accepted (the operator's `--min-rotation-interval` may lower it,
 /// for tests only).
 pub const MIN_ROTATION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Annotation on a request, written by the operator: the key creation it is about to start (name,
+/// instance, time), so that after a crash it looks for that key before creating another one.
+pub const KEY_CREATION_ANNOTATION: &str = "keysync.dev/key-creation";
 /// Annotation on a request: any new value asks for one rotation of its key.
 pub const ROTATE_ANNOTATION: &str = "keysync.dev/rotate";
 /// Label by which an API key Secret opts in to serve the requests of its namespace (required with

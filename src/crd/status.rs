@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use super::READY_CONDITION;
+use super::{IngestionKeyRequest, KEY_CREATION_ANNOTATION, READY_CONDITION};
 
 /// Observed state, written by the operator.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -23,10 +23,17 @@ pub struct IngestionKeyRequestStatus {
     /// clean it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_key: Option<ResourceKeyStatus>,
-    /// Set just before a resource key is created and cleared once it is recorded: after a crash,
-    /// it tells the operator that a key may exist that it has not seen yet.
+    /// Written by earlier versions of the operator just before a resource key was created; still read (and
+    /// cleared) so that a creation they started is found. The operator now announces a creation
+    /// in the annotation `keysync.dev/key-creation` (see
+    /// [`IngestionKeyRequest::pending_key_creation`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_key_creation: Option<PendingKeyCreation>,
+    /// The last key creation announced in the annotation `keysync.dev/key-creation` whose
+    /// outcome this status records (the key, or IBM Cloud's refusal): that creation is no longer
+    /// pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_key_creation: Option<PendingKeyCreation>,
     /// Name of the Secret written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
@@ -156,7 +163,7 @@ pub struct ResourceKeyStatus {
     pub created_at: Option<Time>,
 }
 
-/// A resource key creation that was started but not yet recorded.
+/// A resource key creation the operator started.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingKeyCreation {
@@ -164,8 +171,32 @@ pub struct PendingKeyCreation {
     pub name: String,
     /// GUID of the instance the key is created on.
     pub instance_guid: String,
-    /// When the creation started.
+    /// When the creation started (whole seconds, as every Kubernetes time is written).
     pub started_at: Time,
+}
+
+impl IngestionKeyRequest {
+    /// The key creation that was started and whose outcome the status does not record yet: a
+    /// key of that name may exist in IBM Cloud that the status does not name. The operator
+    /// announces a creation in the annotation [`KEY_CREATION_ANNOTATION`], in the same write that
+    /// adds its finalizer, before it asks IBM Cloud; the status write that records the outcome
+    /// copies it to `status.lastKeyCreation`. A record written by an older operator in
+    /// `status.pendingKeyCreation` comes first. An annotation that does not parse announces
+    /// nothing.
+    pub fn pending_key_creation(&self) -> Option<PendingKeyCreation> {
+        let status = self.status.as_ref();
+        if let Some(legacy) = status.and_then(|s| s.pending_key_creation.clone()) {
+            return Some(legacy);
+        }
+        let announced = self
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(KEY_CREATION_ANNOTATION)?;
+        let announced: PendingKeyCreation = serde_json::from_str(announced).ok()?;
+        let resolved = status.and_then(|s| s.last_key_creation.as_ref());
+        (resolved != Some(&announced)).then_some(announced)
+    }
 }
 
 impl IngestionKeyRequestStatus {
@@ -177,5 +208,79 @@ impl IngestionKeyRequestStatus {
     /// Whether the Ready condition is True.
     pub fn is_ready(&self) -> bool {
         self.ready().is_some_and(|c| c.status == "True")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(annotation: Option<&str>, status: serde_json::Value) -> IngestionKeyRequest {
+        let mut request: IngestionKeyRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keysync.dev/v1alpha1", "kind": "IngestionKeyRequest",
+            "metadata": {"name": "at"},
+            "spec": {"instance": {"name": "x"}, "apiKeySecretRef": {"name": "k"}},
+            "status": status,
+        }))
+        .expect("request");
+        if let Some(value) = annotation {
+            request.metadata.annotations =
+                Some([(KEY_CREATION_ANNOTATION.to_owned(), value.to_owned())].into());
+        }
+        request
+    }
+
+    const ANNOUNCED: &str =
+        r#"{"name":"k1","instanceGuid":"g","startedAt":"2026-12-05T10:00:00Z"}"#;
+
+    fn announced() -> serde_json::Value {
+        serde_json::from_str(ANNOUNCED).expect("json")
+    }
+
+    #[test]
+    fn an_announced_creation_is_pending_until_the_status_records_its_outcome() {
+        let pending = request(Some(ANNOUNCED), serde_json::json!({}))
+            .pending_key_creation()
+            .expect("announced, not resolved");
+        assert_eq!(pending.name, "k1");
+        let resolved = request(
+            Some(ANNOUNCED),
+            serde_json::json!({"lastKeyCreation": announced()}),
+        );
+        assert_eq!(resolved.pending_key_creation(), None);
+        // A later creation (a replacement) is pending again, though an earlier one was resolved.
+        let later = ANNOUNCED
+            .replace("k1", "k1:r1")
+            .replace("10:00:00", "11:00:00");
+        let again = request(
+            Some(&later),
+            serde_json::json!({"lastKeyCreation": announced()}),
+        );
+        assert_eq!(
+            again.pending_key_creation().map(|p| p.name).as_deref(),
+            Some("k1:r1")
+        );
+    }
+
+    #[test]
+    fn an_older_operators_record_comes_first_and_garbage_announces_nothing() {
+        let mut legacy = announced();
+        legacy["name"] = "legacy".into();
+        let both = request(
+            Some(ANNOUNCED),
+            serde_json::json!({"pendingKeyCreation": legacy, "lastKeyCreation": announced()}),
+        );
+        assert_eq!(
+            both.pending_key_creation().map(|p| p.name).as_deref(),
+            Some("legacy")
+        );
+        assert_eq!(
+            request(Some("{not json"), serde_json::json!({})).pending_key_creation(),
+            None
+        );
+        assert_eq!(
+            request(None, serde_json::json!({})).pending_key_creation(),
+            None
+        );
     }
 }

@@ -98,14 +98,46 @@ pub(super) async fn hold(
     request: &IngestionKeyRequest,
     secret: &Secret,
 ) -> Result<(), ReconcileError> {
+    let held = |secret: &PartialObjectMeta<Secret>| {
+        secret.finalizers().iter().any(|f| f == API_KEY_FINALIZER)
+    };
     if request.spec.deletion_policy != DeletionPolicy::Delete
         || secret.finalizers().iter().any(|f| f == API_KEY_FINALIZER)
     {
         return Ok(());
     }
-    let mut finalizers = secret.finalizers().to_vec();
-    finalizers.push(API_KEY_FINALIZER.to_owned());
-    patch_finalizers(ctx, secret, finalizers, "hold the API key Secret").await?;
+    // Many requests share one API key Secret, and a burst of new ones all find it not held yet:
+    // a conflict means another reconcile wrote it, most likely this very hold.
+    let mut current = PartialObjectMeta::<Secret> {
+        metadata: secret.metadata.clone(),
+        ..Default::default()
+    };
+    let mut attempts = 0;
+    loop {
+        let mut finalizers = current.finalizers().to_vec();
+        finalizers.push(API_KEY_FINALIZER.to_owned());
+        match patch_finalizers(ctx, &current, finalizers, "hold the API key Secret").await {
+            Ok(()) => break,
+            Err(ReconcileError::Kubernetes {
+                source: kube::Error::Api(status),
+                ..
+            }) if status.code == 409 && attempts < HOLD_ATTEMPTS => {
+                attempts += 1;
+                let api: Api<Secret> =
+                    Api::namespaced(ctx.client.clone(), &secret.namespace().unwrap_or_default());
+                let read = api.get_metadata_opt(&secret.name_any()).await;
+                let missing = || ReconcileError::ApiKeySecretNotFound {
+                    name: request.spec.api_key_secret_ref.name.clone(),
+                    key: request.spec.api_key_secret_ref.key.clone(),
+                };
+                current = found(read, "read the API key Secret's metadata", missing)?;
+                if held(&current) {
+                    return Ok(());
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
     // A new hold may mean a request moved to another API key Secret: release the ones that no
     // request needs any more (a rare path, so listing the namespace's Secrets is fine here).
     release_unreferenced(ctx, request).await
@@ -131,6 +163,9 @@ async fn release_unreferenced(
     }
     Ok(())
 }
+
+/// How often a hold that met a concurrent write reads the Secret again and retries.
+const HOLD_ATTEMPTS: u32 = 3;
 
 /// Takes the finalizer off the API key Secret `name` when no other request of the namespace
 /// would need that API key to delete its key.

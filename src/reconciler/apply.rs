@@ -11,7 +11,7 @@ use kube::runtime::{controller::Action, reflector::ObjectRef};
 use tracing::info;
 
 use super::{
-    Context, ReconcileError, api_key, instance,
+    Context, ReconcileError, api_key, finalizer, instance,
     keys::{self, Access, KeyOutcome, KeySpec},
     plan::{
         self, Recorded, ReplaceCause,
@@ -57,12 +57,16 @@ pub(super) async fn apply(
     }
     let access = Access {
         api_key: &api_key,
+        secret: &api_key_secret,
         secret_name: &request.spec.api_key_secret_ref.name,
     };
     let instance = instance::resolve(ctx, &api_key, &valid.instance, access.secret_name).await?;
     let existing_secret = secret::read_ours(ctx, request).await?;
-    // From here on a key may exist: the API key must outlive the request (namespace deletion).
-    api_key::hold(ctx, request, &api_key_secret).await?;
+    // A request with its finalizer may have a key: the API key must outlive the request
+    // (namespace deletion). A request without one is held when its first key is announced.
+    if finalizer::is_set(request) {
+        api_key::hold(ctx, request, &api_key_secret).await?;
+    }
     let role = role_for_key(
         &request.spec.resource_key.role,
         instance.service_name().unwrap_or_default(),
@@ -73,10 +77,16 @@ pub(super) async fn apply(
         role: &role,
         replace: replace_cause(request, &valid, &role),
     };
-    let (mut key, mut request, unrecorded) = match ensure(ctx, request, &access, &target).await? {
-        Ok(found) => found,
-        Err(wait) => return Ok(Action::requeue(wait)),
-    };
+    let (mut key, mut request, unrecorded, mut created) =
+        match ensure(ctx, request, &access, &target).await? {
+            Ok(found) => found,
+            Err(wait) => return Ok(Action::requeue(wait)),
+        };
+    if !finalizer::is_set(&request) {
+        // A key found, not created (a custom name): the request still needs its finalizer.
+        request = finalizer::add(ctx, &request).await?;
+        api_key::hold(ctx, &request, &api_key_secret).await?;
+    }
     let credential = match plan::credential_of(&request, &key) {
         Ok(credential) => credential,
         Err(ReconcileError::CredentialsRedacted { .. })
@@ -88,7 +98,7 @@ pub(super) async fn apply(
                 held
             } else {
                 target.replace = Some(ReplaceCause::ValueLost);
-                (key, request, _) = match ensure(ctx, &request, &access, &target).await? {
+                (key, request, _, created) = match ensure(ctx, &request, &access, &target).await? {
                     Ok(found) => found,
                     Err(wait) => return Ok(Action::requeue(wait)),
                 };
@@ -98,8 +108,18 @@ pub(super) async fn apply(
         Err(error) => return Err(error),
     };
     let fingerprint = credential.fingerprint();
-    let outcome = secret::write(ctx, &request, existing_secret, &credential).await?;
-    report_secret(ctx, &request, outcome, &key, &fingerprint).await;
+    let written = secret::write(ctx, &request, existing_secret, &credential).await;
+    let outcome = match written {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Some(created) = created {
+                let created_event = reason::event::RESOURCE_KEY_CREATED;
+                ctx.events.normal(&request, created_event, created).await;
+            }
+            return Err(error);
+        }
+    };
+    report_secret(ctx, &request, outcome, created, &key, &fingerprint).await;
     secret::delete_previous(ctx, &request).await;
     // Only now that the Secret holds the new key may the restart targets and retirements go on.
     let timeout = valid.rotation.rollout_timeout;
@@ -132,11 +152,13 @@ pub(super) async fn apply(
     Ok(Action::requeue(plan::requeue_after(waits)))
 }
 
-/// The key, the request as last written, and the record of a first key still to write.
+/// The key, the request as last written, the record of a first key still to write, and what
+/// was created (see [`KeyOutcome::InUse`]).
 type Ensured = (
     Box<ResourceKey>,
     IngestionKeyRequest,
     Option<(ResourceKeyStatus, Option<String>)>,
+    Option<String>,
 );
 
 /// [`keys::ensure_key`], with the wait for a creation that may still land written to status.
@@ -151,7 +173,8 @@ async fn ensure(
             key,
             request,
             unrecorded,
-        } => Ok(Ok((key, *request, unrecorded))),
+            created,
+        } => Ok(Ok((key, *request, unrecorded, created))),
         KeyOutcome::CreationInFlight(wait) => {
             info!(
                 wait_seconds = wait.as_secs(),
@@ -170,9 +193,10 @@ fn replace_cause(
     role: &str,
 ) -> Option<ReplaceCause> {
     let status = request.status.as_ref();
+    let pending = request.pending_key_creation();
     let recorded = Recorded {
         key: status.and_then(|s| s.resource_key.as_ref()),
-        pending: status.and_then(|s| s.pending_key_creation.as_ref()),
+        pending: pending.as_ref(),
     };
     let state = plan::rotation_state(request, valid, role);
     plan::replace_cause(&recorded, &state, Timestamp::now())
@@ -227,15 +251,29 @@ async fn record_synced(
     Ok(())
 }
 
-/// An event when the Secret was written (nothing when it already held the credential).
+/// One event for what the sync made: the key it created with the Secret that now holds it, or
+/// else the Secret written (nothing when it already held the credential). One event, not one
+/// per object: every event is a write to the API server.
 async fn report_secret(
     ctx: &Context,
     request: &IngestionKeyRequest,
     outcome: SecretOutcome,
+    created: Option<String>,
     key: &ResourceKey,
     fingerprint: &str,
 ) {
     let secret = &request.spec.secret.name;
+    if let Some(created) = created {
+        let written = match outcome {
+            SecretOutcome::Created => "created Secret",
+            SecretOutcome::Updated => "updated Secret",
+            SecretOutcome::Unchanged => "Secret already held it:",
+        };
+        let note = format!("{created}; {written} {secret} (credential {fingerprint})");
+        let reason = reason::event::RESOURCE_KEY_CREATED;
+        ctx.events.normal(request, reason, note).await;
+        return;
+    }
     let (reason, note) = match outcome {
         SecretOutcome::Created => (
             reason::event::SECRET_CREATED,

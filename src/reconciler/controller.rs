@@ -1,5 +1,5 @@
-//! The controller: what is watched, the entry of one reconcile (finalizer: apply or cleanup), and
-//! what happens after a failure (status, event, back-off).
+//! The controller: what is watched, the entry of one reconcile (apply, or cleanup under the
+//! finalizer), and what happens after a failure (status, event, back-off).
 
 use std::{
     sync::{
@@ -17,7 +17,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{Action, Config as ControllerConfig},
-        finalizer::{self, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
@@ -27,12 +26,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{
     Context, ReconcileError,
     api_key_index::ApiKeyIndex,
-    apply, deletion,
+    apply, deletion, finalizer,
     requeue::{PERMANENT, TRANSIENT, WatchBackoff, jitter},
     status,
 };
 use crate::{
-    crd::{FINALIZER, IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
+    crd::{IngestionKeyRequest, MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     lock::lock,
 };
 
@@ -67,17 +66,11 @@ async fn reconcile_in_span(
         )));
     };
     let started = Instant::now();
-    let api: Api<IngestionKeyRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let deadline = ctx.settings.reconcile_deadline;
-    let work = finalizer(&api, FINALIZER, request.clone(), |event| async {
-        match event {
-            finalizer::Event::Apply(request) => apply::apply(&request, &ctx).await,
-            finalizer::Event::Cleanup(request) => deletion::finalize(&request, &ctx).await,
-        }
-    });
+    let work = apply_or_clean_up(&request, &ctx);
     // Stopping a reconcile anywhere is safe: every step resumes from status, as after a crash.
     let result = match tokio::time::timeout(deadline, work).await {
-        Ok(result) => result.map_err(from_finalizer),
+        Ok(result) => result,
         Err(_) => Err(ReconcileError::DeadlineExceeded {
             seconds: deadline.as_secs(),
         }),
@@ -97,19 +90,23 @@ async fn reconcile_in_span(
     result
 }
 
-fn from_finalizer(error: finalizer::Error<ReconcileError>) -> ReconcileError {
-    match error {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(source) => ReconcileError::Kubernetes {
-            action: "add finalizer",
-            source,
-        },
-        finalizer::Error::RemoveFinalizer(source) => ReconcileError::Kubernetes {
-            action: "remove finalizer",
-            source,
-        },
-        other => ReconcileError::Unexpected(other.to_string()),
+/// A request being deleted is cleaned up under its finalizer, which goes once the cleanup is
+/// done; any other is applied. The finalizer is added by the apply phase, in the write that
+/// announces the first key creation (see `finalizer`), not in a write of its own: a request
+/// without it has no key to clean up.
+async fn apply_or_clean_up(
+    request: &IngestionKeyRequest,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    if request.metadata.deletion_timestamp.is_none() {
+        return apply::apply(request, ctx).await;
     }
+    if !finalizer::is_set(request) {
+        return Ok(Action::await_change());
+    }
+    let action = deletion::finalize(request, ctx).await?;
+    finalizer::remove(ctx, request).await?;
+    Ok(action)
 }
 
 /// Says what is wrong where users look: the Ready condition, and a Warning event when the reason

@@ -24,9 +24,10 @@ pub(super) async fn finalize(
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
     let status = request.status.clone().unwrap_or_default();
+    let pending = request.pending_key_creation();
     let recorded = Recorded {
         key: status.resource_key.as_ref(),
-        pending: status.pending_key_creation.as_ref(),
+        pending: pending.as_ref(),
     };
     if status.keys_deleted {
         // A repeat of a cleanup that already deleted every key (its watch event raced the

@@ -8,6 +8,8 @@ use hyper::Method;
 use ibm_cloud_sim::{Seed, Simulator};
 use serde_json::json;
 
+use kube::ResourceExt;
+
 use super::{Context, Settings, fake_api_server::FakeApiServer, reconcile};
 use crate::{
     crd::{FINALIZER, IngestionKeyRequest},
@@ -178,9 +180,9 @@ fn base64(text: &str) -> String {
     encoded.as_str().unwrap_or_default().to_owned()
 }
 
-/// The first sync's writes, one by one: the finalizer, the API key Secret's hold, the pending
-/// record, the Secret, the key with Ready, and two events. A new write on this path shows up here
-/// before it shows up on a bill.
+/// The first sync's writes, one by one: the finalizer with the announcement of the key creation
+/// (one write), the API key Secret's hold (once per Secret), the Secret, the key with Ready, and
+/// one event. A new write on this path shows up here before it shows up on a bill.
 #[tokio::test]
 async fn a_first_sync_costs_these_writes_and_no_more() {
     let f = Fixture::new().await;
@@ -195,17 +197,25 @@ async fn a_first_sync_costs_these_writes_and_no_more() {
     assert_eq!(
         other,
         [
-            "PATCH ingestionkeyrequests",        // the finalizer
-            "PATCH secrets",                     // the API key Secret's hold (once per Secret)
-            "PATCH ingestionkeyrequests/status", // the pending creation, before IBM Cloud is asked
-            "POST secrets",                      // the agents' Secret
+            "PATCH ingestionkeyrequests", // the finalizer and the key creation, before IBM is asked
+            "PATCH secrets",              // the API key Secret's hold (once per Secret)
+            "POST secrets",               // the agents' Secret
             "PATCH ingestionkeyrequests/status", // the key, the fingerprint, Ready
         ],
         "all writes: {writes:#?}"
     );
-    assert_eq!(events, 2, "ResourceKeyCreated, SecretCreated: {writes:#?}");
+    assert_eq!(
+        events, 1,
+        "ResourceKeyCreated, naming the Secret: {writes:#?}"
+    );
     assert_eq!(f.active_keys(), 1);
     assert!(f.api.get(SECRET).is_some());
+    let request = f.request();
+    assert!(request.finalizers().iter().any(|f| f == FINALIZER));
+    let status = request.status.clone().unwrap_or_default();
+    let announced = status.last_key_creation.expect("the creation is resolved");
+    assert_eq!(Some(announced.name), status.resource_key.map(|k| k.name));
+    assert_eq!(request.pending_key_creation(), None, "nothing pending");
 }
 
 /// A refresh that finds the Secret in sync writes nothing, reads two Secrets and asks IBM Cloud
@@ -261,7 +271,6 @@ async fn a_stale_copy_of_the_request_creates_no_key() {
 async fn a_reconcile_past_its_deadline_is_stopped_and_reported() {
     let fixture =
         Fixture::with(|s| s.reconcile_deadline = std::time::Duration::from_millis(300)).await;
-    fixture.reconcile().await.expect("the finalizer is added");
     fixture.sim.set_faults(ibm_cloud_sim::Faults {
         latency_ms: 2000,
         ..ibm_cloud_sim::Faults::default()

@@ -7,10 +7,11 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use tracing::{debug, info, warn};
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use super::{
-    Context, ReconcileError,
+    Context, ReconcileError, api_key, finalizer,
     plan::{self, Found, KeyPlan, Lookup, Recorded, ReplaceCause, Wanted, keys::RecordWrite},
     status,
 };
@@ -31,6 +32,8 @@ pub(super) enum KeyOutcome {
         /// A first key, just created: recorded by the sync's final status write (with the
         /// rotation request it handles), one write fewer. Its pending record covers a crash.
         unrecorded: Option<(ResourceKeyStatus, Option<String>)>,
+        /// What this reconcile created, for the one event that reports it with the Secret.
+        created: Option<String>,
     },
     /// A creation recorded in status may still complete in IBM Cloud: wait this long, then look
     /// again before creating.
@@ -41,6 +44,8 @@ pub(super) enum KeyOutcome {
 /// the Secret holding it.
 pub(super) struct Access<'a> {
     pub api_key: &'a SecretString,
+    /// The Secret the API key was read from (held while a key made with it exists).
+    pub secret: &'a Secret,
     pub secret_name: &'a str,
 }
 
@@ -65,9 +70,10 @@ pub(super) async fn ensure_key(
     target: &KeySpec<'_>,
 ) -> Result<KeyOutcome, ReconcileError> {
     let status = request.status.clone().unwrap_or_default();
+    let pending = request.pending_key_creation();
     let recorded = Recorded {
         key: status.resource_key.as_ref(),
-        pending: status.pending_key_creation.as_ref(),
+        pending: pending.as_ref(),
     };
     let key_name = plan::wanted_key_name(target.base_name, recorded.key, target.replace.is_some());
     let default_name = default_key_name(request, &ctx.settings.cluster_id)
@@ -80,25 +86,26 @@ pub(super) async fn ensure_key(
     let found = look_up(ctx, access, &plan::lookup(&recorded, &wanted), &wanted).await?;
     let grace = ctx.settings.key_creation_grace;
     let ours_by_pending = recorded.pending.is_some_and(|p| p.name == key_name);
-    let (key, written) = match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
-        KeyPlan::Wait(wait) => return Ok(KeyOutcome::CreationInFlight(wait)),
-        KeyPlan::Create => {
-            let replaced = recorded.key.map(|k| k.name.as_str());
-            let (key, written) = create(ctx, request, access, target, &key_name, replaced).await?;
-            (key, Some(written))
-        }
-        found @ KeyPlan::Use { .. } => (adopt(ctx, request, access, found).await?, None),
-    };
+    let (key, written, created) =
+        match plan::decide(&recorded, &wanted, found, Timestamp::now(), grace) {
+            KeyPlan::Wait(wait) => return Ok(KeyOutcome::CreationInFlight(wait)),
+            KeyPlan::Create => {
+                let replaced = recorded.key.map(|k| k.name.as_str());
+                let (key, written, note) =
+                    create(ctx, request, access, target, &key_name, replaced).await?;
+                (key, Some(written), Some(note))
+            }
+            found @ KeyPlan::Use { .. } => (adopt(ctx, request, access, found).await?, None, None),
+        };
     let requested = request
         .annotations()
         .get(ROTATE_ANNOTATION)
         .map(String::as_str);
     let ours = default_name || ours_by_pending;
-    let created = written.is_some();
     let plan = plan::record(
         &recorded,
         &key.guid,
-        created,
+        written.is_some(),
         ours,
         target.replace,
         requested,
@@ -137,6 +144,7 @@ pub(super) async fn ensure_key(
         key: Box::new(key),
         request: Box::new(request),
         unrecorded,
+        created,
     })
 }
 
@@ -201,8 +209,10 @@ async fn look_up(
     }
 }
 
-/// Creates the key, recorded as pending first so that a crash or a lost reply cannot lead to a
-/// second one. A definite refusal (a 4xx answer) made no key: the pending record goes at once.
+/// Creates the key, announced first so that a crash or a lost reply cannot lead to a second one.
+/// A definite refusal (a 4xx answer) made no key: the status says so at once. Returns the key,
+/// the request as written, and what was created (for the event the caller sends once the Secret
+/// holds it).
 async fn create(
     ctx: &Context,
     request: &IngestionKeyRequest,
@@ -210,7 +220,7 @@ async fn create(
     target: &KeySpec<'_>,
     key_name: &str,
     replaced: Option<&str>,
-) -> Result<(ResourceKey, IngestionKeyRequest), ReconcileError> {
+) -> Result<(ResourceKey, IngestionKeyRequest, String), ReconcileError> {
     let instance = target.instance;
     let attempt = CreationAttempt::of(request, access, instance, key_name);
     if let Some(refused) = ctx.refused_creation(request, &attempt) {
@@ -221,7 +231,12 @@ async fn create(
             refused,
         ));
     }
-    let written = status::record_pending(ctx, request, key_name, instance).await?;
+    let written = finalizer::announce_creation(ctx, request, key_name, instance).await?;
+    if !finalizer::is_set(request) {
+        // The request's first key: from here on it may exist, so the API key must outlive the
+        // request (namespace deletion).
+        api_key::hold(ctx, &written, access.secret).await?;
+    }
     if let Some(old) = replaced {
         let why = target.replace.map_or_else(
             || "the spec moved the key to another instance or name".to_owned(),
@@ -240,7 +255,7 @@ async fn create(
         Ok(key) => key,
         Err(error) => {
             if is_definite_refusal(&error) {
-                status::clear_pending(ctx, request).await?;
+                status::creation_refused(ctx, &written).await?;
                 ctx.remember_refusal(request, attempt, error.clone());
             }
             return Err(ReconcileError::from_ibm(
@@ -254,11 +269,8 @@ async fn create(
         "created resource key {} ({}) with role {} on instance {}",
         key.name, key.guid, create.role, instance.name
     );
-    ctx.events
-        .normal(request, reason::event::RESOURCE_KEY_CREATED, note)
-        .await;
     info!(key = %key.guid, "created resource key");
-    Ok((key, written))
+    Ok((key, written, note))
 }
 
 /// What a creation depends on: when none of it changed, a refused creation is refused again.

@@ -6,7 +6,8 @@
 //! - `apply`: one sync, phase by phase: validate -> read the API key (`api_key`) -> resolve the
 //!   instance (`instance`) -> find or create the key (`keys`) -> write the Secret (`secret`) ->
 //!   roll out restart targets (`rollout`) -> retire replaced keys (`retire`) -> status (`status`).
-//! - `deletion`: the finalizer's work when a request goes.
+//! - `deletion`: the finalizer's work when a request goes; `finalizer`: the request's finalizer
+//!   and the announcement of a key creation, written together.
 //! - `api_key_index`: which requests name an API key Secret, from the requests' watch.
 //! - `orphan_audit`: the leader's optional count of keys whose request is gone (a metric).
 //! - `requeue`: the back-off after a failure and the jitter of refreshes.
@@ -25,6 +26,7 @@ mod events;
 mod fake_api_server;
 #[cfg(test)]
 mod fast_tests;
+mod finalizer;
 mod instance;
 mod keys;
 mod orphan_audit;

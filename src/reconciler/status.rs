@@ -22,7 +22,8 @@ use crate::{
 };
 
 /// The fields of `status` one write sets; `None` leaves a field as it is.
-/// `pending_key_creation: Some(None)` clears it (JSON `null` in a merge patch).
+/// `pending_key_creation: Some(None)` clears an older operator's record (JSON `null` in a merge
+/// patch).
 #[derive(Serialize, Default, Debug)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct StatusPatch {
@@ -37,6 +38,8 @@ pub(super) struct StatusPatch {
     pub resource_key: Option<ResourceKeyStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_key_creation: Option<Option<PendingKeyCreation>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_key_creation: Option<PendingKeyCreation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -202,27 +205,14 @@ pub(super) struct KeyRecord<'a> {
     pub rotation_request: Option<String>,
 }
 
-/// Records that a key named `name` is about to be created on the instance; returns the request
-/// as written.
-pub(super) async fn record_pending(
-    ctx: &Context,
-    request: &IngestionKeyRequest,
-    name: &str,
-    instance: &ResourceInstance,
-) -> Result<IngestionKeyRequest, ReconcileError> {
-    let pending = PendingKeyCreation {
-        name: name.to_owned(),
-        instance_guid: instance.guid.clone(),
-        started_at: Time(Timestamp::now()),
-    };
-    let status = StatusPatch {
-        pending_key_creation: Some(Some(pending)),
-        instance: Some(Some(instance_status(instance))),
-        ..StatusPatch::default()
-    };
-    // Conditional: a stale copy of the request (a lagging cache, a second leader) must not
-    // announce, and then create, a key the current version does not know about.
-    patch_checked(ctx, request, &status, "record pending key creation").await
+/// The pending creation a write that records its outcome resolves: the announced one goes to
+/// `lastKeyCreation`, an older operator's record is cleared.
+fn resolve_pending(request: &IngestionKeyRequest, status: &mut StatusPatch) {
+    let current = request.status.as_ref();
+    if current.is_some_and(|s| s.pending_key_creation.is_some()) {
+        status.pending_key_creation = Some(None);
+    }
+    status.last_key_creation = request.pending_key_creation();
 }
 
 /// Records, during deletion, that the request's keys are gone (it no longer needs the API key).
@@ -237,16 +227,14 @@ pub(super) async fn keys_deleted(
     patch(ctx, request, &status, "record that the keys are deleted").await
 }
 
-/// Clears a pending creation that IBM Cloud definitely refused (no key was made).
-pub(super) async fn clear_pending(
+/// Records that IBM Cloud definitely refused the pending creation (no key was made).
+pub(super) async fn creation_refused(
     ctx: &Context,
     request: &IngestionKeyRequest,
 ) -> Result<(), ReconcileError> {
-    let status = StatusPatch {
-        pending_key_creation: Some(None),
-        ..StatusPatch::default()
-    };
-    patch(ctx, request, &status, "clear pending key creation").await
+    let mut status = StatusPatch::default();
+    resolve_pending(request, &mut status);
+    patch(ctx, request, &status, "record the refused key creation").await
 }
 
 /// Records the key the request owns (before anything else is done with it), moving the key it
@@ -281,18 +269,18 @@ pub(super) async fn record_key(
         last_rotation_time: rotated.then(|| now.clone()),
         next_rotation_time: None,
     });
-    let status = StatusPatch {
+    let mut status = StatusPatch {
         resource_key: Some(key_status(
             record.key,
             record.role,
             record.created_by_operator,
         )),
         instance: Some(Some(instance_status(instance))),
-        pending_key_creation: Some(None),
         retiring_keys,
         rotation,
         ..StatusPatch::default()
     };
+    resolve_pending(request, &mut status);
     patch_checked(ctx, request, &status, "record resource key in status").await
 }
 
@@ -338,7 +326,7 @@ pub(super) struct Synced<'a> {
     /// `status.rotation.nextRotationTime` to write (see `apply::next_rotation`).
     pub next_rotation: Option<Option<Time>>,
     /// A key created by this sync and not recorded yet: recorded here, in the same write, which
-    /// also clears the pending creation (until then, the pending record finds it after a crash).
+    /// also resolves the pending creation (until then, its announcement finds it after a crash).
     pub unrecorded: Option<(ResourceKeyStatus, Option<String>)>,
 }
 
@@ -380,7 +368,7 @@ pub(super) async fn synced(
     let condition = ready_condition(request, true, reason::KEY_SYNCED, sync.message);
     let unchanged = resource_key.is_none()
         && rotation.is_none()
-        && current.pending_key_creation.is_none()
+        && request.pending_key_creation().is_none()
         && current.observed_generation == request.metadata.generation
         && current.instance.as_ref() == Some(&instance)
         && current.secret_name.as_deref() == Some(request.spec.secret.name.as_str())
@@ -394,12 +382,9 @@ pub(super) async fn synced(
     if unchanged {
         return Ok(());
     }
-    let status = StatusPatch {
+    let records_key = resource_key.is_some();
+    let mut status = StatusPatch {
         rotation,
-        pending_key_creation: resource_key
-            .as_ref()
-            .filter(|_| current.pending_key_creation.is_some())
-            .map(|_| None),
         resource_key,
         observed_generation: request.metadata.generation,
         conditions: Some(vec![condition]),
@@ -409,6 +394,9 @@ pub(super) async fn synced(
         last_sync_time: Some(Time(Timestamp::now())),
         ..StatusPatch::default()
     };
+    if records_key {
+        resolve_pending(request, &mut status);
+    }
     patch(ctx, request, &status, "write Ready status").await
 }
 
@@ -419,10 +407,7 @@ pub(super) async fn waiting_for_creation(
     request: &IngestionKeyRequest,
     wait: std::time::Duration,
 ) -> Result<(), ReconcileError> {
-    let pending = request
-        .status
-        .as_ref()
-        .and_then(|s| s.pending_key_creation.as_ref());
+    let pending = request.pending_key_creation();
     let what = pending.map_or_else(String::new, |p| format!(" {:?}", p.name));
     let message = format!(
         "the creation of resource key{what} got no answer from IBM Cloud; it may still complete, so the operator looks for it again in {}s before creating another",

@@ -78,7 +78,6 @@ async fn requests_by_name_guid_and_crn_become_ready_with_one_key_each() {
         assert_eq!(env.active_keys_of(name), 1, "exactly one key for {name}");
     }
     assert!(env.has_event("ResourceKeyCreated").await);
-    assert!(env.has_event("SecretCreated").await);
 
     // A reconcile that finds everything in sync (here: triggered by an annotation) asks IBM
     // Cloud nothing until the refresh is due.

@@ -143,7 +143,7 @@ impl Harness {
         Self::with_grace(prefix, Duration::from_secs(60)).await
     }
 
-    /// A harness with request `at` created on `spec` (its finalizer added).
+    /// A harness with request `at` created on `spec` (not reconciled yet).
     pub async fn with_request(prefix: &str, spec: serde_json::Value) -> Harness {
         let harness = Self::new(prefix).await;
         harness.create("at", spec).await;
@@ -271,7 +271,6 @@ impl Harness {
             .create(&PostParams::default(), &request)
             .await
             .expect("create request");
-        self.reconcile(name).await.expect("finalizer added");
     }
 
     pub async fn reconcile(&self, name: &str) -> Result<Action, ReconcileError> {
@@ -296,11 +295,7 @@ impl Harness {
         self.create(name, spec).await;
         self.hooks.lock().unwrap().lose_next_create_reply = true;
         let error = self.reconcile(name).await.expect_err("the reply was lost");
-        let pending = self
-            .get(name)
-            .await
-            .status
-            .and_then(|s| s.pending_key_creation);
+        let pending = self.get(name).await.pending_key_creation();
         (
             pending.expect("the creation stays recorded as pending"),
             error,

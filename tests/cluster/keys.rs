@@ -22,7 +22,7 @@ async fn a_new_request_creates_one_key_without_looking_anything_up() {
         h.secret_value().await.as_deref(),
         Some(h.credential_of(&guid).await.as_str())
     );
-    assert!(request.status.unwrap().pending_key_creation.is_none());
+    assert_eq!(request.pending_key_creation(), None);
 }
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn a_lost_creation_reply_is_found_by_name_not_created_twice() {
         "the landed key is reused"
     );
     assert_eq!(key_name(&request), pending.name);
-    assert!(request.status.unwrap().pending_key_creation.is_none());
+    assert_eq!(request.pending_key_creation(), None);
 }
 
 #[tokio::test]
@@ -83,8 +83,8 @@ async fn a_pending_creation_within_its_grace_is_waited_for() {
         "it comes back to look again"
     );
     let request = h.get("at").await;
+    assert_eq!(request.pending_key_creation(), Some(pending));
     let status = request.status.clone().unwrap();
-    assert_eq!(status.pending_key_creation, Some(pending));
     let ready = status.ready().unwrap();
     assert!(
         ready.message.contains("looks for it again in"),
@@ -99,9 +99,8 @@ async fn a_refused_creation_clears_its_pending_record() {
     let h = Harness::with_request("rec-refused", spec).await;
     let error = h.reconcile("at").await.expect_err("IBM refuses the role");
     assert_eq!(error.reason(), reason::INVALID_SPEC);
-    let status = h.get("at").await.status.unwrap();
     assert!(
-        status.pending_key_creation.is_none(),
+        h.get("at").await.pending_key_creation().is_none(),
         "a 400 made no key: nothing to wait for once the spec is fixed"
     );
     h.requests()

@@ -26,7 +26,10 @@ async fn the_operator_works_with_only_the_rights_the_chart_grants() {
     let env = fixtures::Env::in_namespace(watched, &kubeconfig, &lease_args).await;
     env.keep_secret(&token);
     env.serve_first_request("as-service-account").await;
-    assert!(env.has_event("SecretCreated").await, "events are published");
+    assert!(
+        env.has_event("ResourceKeyCreated").await,
+        "events are published"
+    );
     env.delete_request("as-service-account").await;
     let requests = env.requests();
     support::wait_for(

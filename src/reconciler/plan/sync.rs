@@ -30,7 +30,7 @@ pub fn last_sync(
     let from_status = request.status.as_ref().and_then(|status| {
         let current = status.is_ready()
             && status.observed_generation == request.metadata.generation
-            && status.pending_key_creation.is_none();
+            && request.pending_key_creation().is_none();
         let fingerprint = status.key_fingerprint.clone().filter(|_| current)?;
         let at = status.last_sync_time.as_ref()?.0;
         let age = Duration::try_from(now.duration_since(at)).unwrap_or(Duration::MAX);
