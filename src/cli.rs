@@ -283,6 +283,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
 
 async fn run(args: RunArgs) -> Result<(), CliError> {
     telemetry::init(args.log_format);
+    crate::memory::keep_releasing_free_pages();
     let endpoints = Endpoints::new(&args.iam_endpoint, &args.resource_controller_endpoint)?;
     let ibm = IbmCloud::new(
         endpoints,

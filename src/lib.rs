@@ -13,6 +13,7 @@ pub mod histogram;
 pub mod ibm;
 pub mod leader;
 pub mod lock;
+pub mod memory;
 pub mod metrics;
 pub mod metrics_auth;
 pub mod plugin;

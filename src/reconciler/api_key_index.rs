@@ -21,7 +21,7 @@ struct Index {
 
 impl Index {
     fn insert(&mut self, request: &IngestionKeyRequest) {
-        let reference = ObjectRef::from_obj(request);
+        let reference = reference_to(request);
         let secret = (
             request.namespace().unwrap_or_default(),
             request.spec.api_key_secret_ref.name.clone(),
@@ -50,6 +50,17 @@ impl Index {
     }
 }
 
+/// The request's name and namespace: what the controller needs to find it, without the
+/// resourceVersion and UID that `ObjectRef::from_obj` copies too (two strings fewer per request,
+/// in two maps).
+fn reference_to(request: &IngestionKeyRequest) -> ObjectRef<IngestionKeyRequest> {
+    let reference = ObjectRef::new(&request.name_any());
+    match request.namespace() {
+        Some(namespace) => reference.within(&namespace),
+        None => reference,
+    }
+}
+
 /// The index, and the one being rebuilt while the watch relists.
 #[derive(Default)]
 pub(super) struct ApiKeyIndex {
@@ -63,7 +74,7 @@ impl ApiKeyIndex {
         match event {
             watcher::Event::Apply(request) => lock(&self.current).insert(request),
             watcher::Event::Delete(request) => {
-                lock(&self.current).remove(&ObjectRef::from_obj(request));
+                lock(&self.current).remove(&reference_to(request));
             }
             watcher::Event::Init => *lock(&self.relisting) = Some(Index::default()),
             watcher::Event::InitApply(request) => {

@@ -105,8 +105,8 @@ struct Memory {
     failures: u32,
     /// Not asked again for the same spec, API key and instance until the permanent back-off has
     /// passed, so that the status writes of a failure do not turn into a loop of refused
-    /// creations.
-    refusal: Option<Refusal>,
+    /// creations. Boxed: rare, and large next to the rest of an entry kept for every request.
+    refusal: Option<Box<Refusal>>,
     /// The generation and fingerprint of the last successful sync (see `apply::last_sync`);
     /// forgotten on any failure.
     synced: Option<LastSync>,
@@ -270,7 +270,7 @@ impl Context {
             at: Instant::now(),
             error,
         };
-        self.with_memory(request, |m| m.refusal = Some(refusal));
+        self.with_memory(request, |m| m.refusal = Some(Box::new(refusal)));
     }
 
     /// The refusal of this very creation, if it is recent enough to stand.
