@@ -48,9 +48,23 @@ bah() { "$BUILDAH" --root "$IMAGE_DIR/storage" --runroot "$IMAGE_DIR/run" --stor
 # --- The binary: static, locked, offline, paths remapped. ---
 # --target (even the host's) keeps RUSTFLAGS off build scripts and proc macros, which cannot be
 # static.
-log "cargo build --profile $PROFILE --target $TARGET (RUSTFLAGS=$RUSTFLAGS_IMAGE)"
-binary=$(RUSTFLAGS="$RUSTFLAGS_IMAGE" cargo build --profile "$PROFILE" --locked --offline \
-  --target "$TARGET" --bin ingestion-key-operator --message-format=json-render-diagnostics \
+if [ "$PROFILE" = release ]; then
+  log "cargo build --profile $PROFILE --target $TARGET (RUSTFLAGS=$RUSTFLAGS_IMAGE)"
+  build=(env RUSTFLAGS="$RUSTFLAGS_IMAGE" cargo build --profile "$PROFILE" --target "$TARGET")
+else
+  # A test image (PROFILE=dev): the flags go to the binary crate alone (`cargo rustc`), so its
+  # dependencies are the ones the test build compiled (one build directory, target/), instead of
+  # the whole tree again for another target. The binary lands in target/image-build, never over
+  # the one the tests run. What differs from `make image`: the optimisation, and the
+  # dependencies' own paths are not remapped.
+  log "cargo rustc --profile $PROFILE -- $RUSTFLAGS_IMAGE"
+  build=(env CARGO_BUILD_BUILD_DIR="$ROOT/target" CARGO_TARGET_DIR="$ROOT/target/image-build"
+    cargo rustc --profile "$PROFILE")
+fi
+extra=()
+[ "$PROFILE" = release ] || read -r -a extra <<<"-- $RUSTFLAGS_IMAGE"
+binary=$("${build[@]}" --locked --offline --bin ingestion-key-operator \
+  --message-format=json-render-diagnostics "${extra[@]}" \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)

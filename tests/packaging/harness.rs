@@ -569,11 +569,13 @@ spec:
 // The Dockerfile's build context: everything cargo needs is copied.
 
 pub fn run_cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
-    // One build directory for every replay, kept between runs: the dependencies compile once,
-    // later runs rebuild only the replayed workspace's own crates.
+    // The build directory of the test build itself (target/): the replay's dependencies are the
+    // ones `make test` already compiled, so only the replayed workspace's own crates compile. Its
+    // binary lands apart (target/dockerfile-context), never over the one the tests run.
     let target = root().join("target/dockerfile-context");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .env("CARGO_BUILD_BUILD_DIR", root().join("target"))
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(dir)
         .stdin(Stdio::null())
