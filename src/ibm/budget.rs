@@ -113,20 +113,19 @@ impl Budget {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    /// Real time, so only the lower bound is asserted: a budget never lets calls go faster than
+    /// its rate (how much slower a loaded machine makes them is not this test's business).
+    #[tokio::test]
     async fn requests_are_spaced_to_the_budget_after_a_burst() {
-        let budget = Budget::new(10);
+        let budget = Budget::new(100);
         let start = Instant::now();
-        for _ in 0..30 {
+        for _ in 0..130 {
             budget.slot().await;
         }
-        // 10 go at once (one second's worth), the next 20 at 100 ms each.
+        // 100 go at once (one second's worth), the next 30 at 10 ms each.
         let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(1900) && elapsed <= Duration::from_millis(2100),
-            "{elapsed:?}"
-        );
-        assert_eq!(budget.stats().delayed_requests, 20);
+        assert!(elapsed >= Duration::from_millis(290), "{elapsed:?}");
+        assert_eq!(budget.stats().delayed_requests, 30);
     }
 
     #[test]

@@ -128,8 +128,10 @@ fn docker_copy(
 /// (honouring `.dockerignore`), the file stubs its RUN lines make (`mkdir`, `echo >`, `touch`,
 /// `rm`), and, where it runs cargo, `cargo metadata --locked --offline` (which loads every
 /// manifest and target of the workspace) and, for `cargo build`, a real
-/// `cargo build --locked --offline` of the binary (host target, dev profile: what differs from
-/// the image build is the target and the optimisation, not which files cargo reads).
+/// `cargo check --locked --offline` of the binary: it reads every file the build reads (every
+/// module, every `include_str!`) short of linking, on the dependencies `make test`'s clippy
+/// already checked (host target, dev profile: what differs from the image build is the target,
+/// the optimisation and the link, not which files cargo reads).
 fn check_docker_build_context(dockerfile: &str, context: &Path) -> Result<(), String> {
     let dir = tempdir("docker-context");
     let ignore: Vec<String> = std::fs::read_to_string(context.join(".dockerignore"))
@@ -202,7 +204,7 @@ fn check_docker_build_context(dockerfile: &str, context: &Path) -> Result<(), St
                                 run_cargo(
                                     &dir.join(&workdir),
                                     &[
-                                        "build",
+                                        "check",
                                         "--locked",
                                         "--offline",
                                         "--bin",

@@ -570,8 +570,8 @@ spec:
 
 pub fn run_cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
     // The build directory of the test build itself (target/): the replay's dependencies are the
-    // ones `make test` already compiled, so only the replayed workspace's own crates compile. Its
-    // binary lands apart (target/dockerfile-context), never over the one the tests run.
+    // ones `make test` already built or checked, so only the replayed workspace's own crates
+    // compile. Its artifacts land apart (target/dockerfile-context), never over the tests' own.
     let target = root().join("target/dockerfile-context");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
