@@ -170,10 +170,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     env.finish().await;
 }
 
-/// A failover with 50 requests in sync: the new leader reconciles every one of them from their
-/// status and Secrets alone, with no IBM Cloud call and no write (before, it re-read every key at
-/// once: one call per request after each deploy or failover), and a request created while the
-/// leader was dead is Ready as soon as the new leader runs.
+/// A failover with 50 requests in sync, then a restart: each new leader reconciles every one of
+/// them from their status and Secrets alone, with no IBM Cloud call and no write (before, it
+/// re-read every key at once: one call per request after each deploy or failover), and a request
+/// created while no leader ran is Ready as soon as the new leader runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_reads_no_key_again_and_writes_nothing() {
     let (cp, ns) = (
@@ -182,7 +182,7 @@ async fn a_failover_reads_no_key_again_and_writes_nothing() {
     );
     let args = ["--leader-elect", "--leader-election-namespace", ns.as_str()];
     let mut env = Env::in_namespace(ns.clone(), cp.kubeconfig_path(), &args).await;
-    let standby = env.replica(&args);
+    let mut standby = env.replica(&args);
     standby.wait_ready().await;
     wait_for("the first replica to lead", WAIT, || async {
         env.operator.is_leader().await
@@ -234,6 +234,48 @@ async fn a_failover_reads_no_key_again_and_writes_nothing() {
     assert_eq!(
         versions_after, versions_before,
         "nothing of before was written"
+    );
+
+    // A restart (a deploy): the leader stops, a request is created, the first replica starts
+    // again and leads.
+    let versions_before = resource_versions(&env).await;
+    env.sim.reset_calls();
+    standby.stop();
+    env.create_at("during-restart").await;
+    env.operator.start_again();
+    env.operator.wait_ready().await;
+    wait_for("the restarted replica to lead", WAIT, || async {
+        env.operator.is_leader().await
+    })
+    .await;
+    env.wait_ready("during-restart").await;
+    let restarted = || async {
+        env.operator
+            .metric("ingestion_key_operator_reconcile_total{result=\"success\"}")
+            .await
+    };
+    wait_for("the restarted leader to reconcile all 52", WAIT, || async {
+        restarted().await >= 52.0
+    })
+    .await;
+    let calls = env.sim.calls();
+    println!(
+        "restart: the leader reconciled {} requests with these IBM Cloud calls: {calls:?}",
+        restarted().await
+    );
+    assert_eq!(
+        calls
+            .get("GET /v2/resource_keys/{id}")
+            .copied()
+            .unwrap_or(0),
+        0,
+        "after a restart, no key of a request in sync is read again"
+    );
+    let mut versions_after = resource_versions(&env).await;
+    versions_after.retain(|(name, _)| !name.contains("during-restart"));
+    assert_eq!(
+        versions_after, versions_before,
+        "nothing of before was written after the restart"
     );
     drop(standby);
     env.finish().await;

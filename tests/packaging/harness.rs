@@ -568,12 +568,37 @@ spec:
 // ---------------------------------------------------------------------------------------------
 // The Dockerfile's build context: everything cargo needs is copied.
 
+/// A command that runs cargo (directly or through a script) as `make test` does: without the
+/// package variables cargo gives this test process (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...).
+/// Build scripts watch some of them (ring's: `cargo:rerun-if-env-changed=CARGO_PKG_NAME`), so a
+/// cargo started with them reruns those scripts, and every later build recompiles ring and all
+/// that depends on it.
+pub fn as_make_runs_cargo(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let from_cargo = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&name.as_ref());
+        if from_cargo {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
 pub fn run_cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
     // The build directory of the test build itself (target/): the replay's dependencies are the
     // ones `make test` already built or checked, so only the replayed workspace's own crates
     // compile. Its artifacts land apart (target/dockerfile-context), never over the tests' own.
     let target = root().join("target/dockerfile-context");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let out = as_make_runs_cargo(&mut cargo)
         .args(args)
         .env("CARGO_BUILD_BUILD_DIR", root().join("target"))
         .env("CARGO_TARGET_DIR", &target)

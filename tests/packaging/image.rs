@@ -110,7 +110,8 @@ fn image() -> Option<&'static Image> {
             }
             let dir = root().join("target/image-test");
             let started = std::time::Instant::now();
-            let out = Command::new(root().join("hack/build-image.sh"))
+            let mut build = Command::new(root().join("hack/build-image.sh"));
+            let out = as_make_runs_cargo(&mut build)
                 .env("PROFILE", image_profile())
                 .env("IMAGE_DIR", &dir)
                 .env("IMAGE_NAME", "ingestion-key-operator:test")
