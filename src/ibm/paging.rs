@@ -65,13 +65,13 @@ pub fn next_page_url(endpoints: &Endpoints, first: &Url, next: &str) -> Result<U
         let joined = format!("{}{}", base.as_str().trim_end_matches('/'), next);
         return Url::parse(&joined).map_err(|e| format!("invalid next_url: {e}"));
     }
+    // A relative reference can still name a host: `//other.example/...`, or `\\other` (a
+    // backslash is a slash in an https URL). Whatever the form, the origin is checked.
     let absolute = match Url::parse(next) {
         Ok(url) => url,
-        Err(_) => {
-            return base
-                .join(next)
-                .map_err(|e| format!("invalid next_url: {e}"));
-        }
+        Err(_) => base
+            .join(next)
+            .map_err(|e| format!("invalid next_url: {e}"))?,
     };
     if absolute.origin() == base.origin() {
         return Ok(absolute);
@@ -97,6 +97,30 @@ pub fn next_page_url(endpoints: &Endpoints, first: &Url, next: &str) -> Result<U
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the garbage proptest: a scheme-relative `next_url` (`//host`, or `\\host`, which
+    /// an https URL reads the same way) named another host and was followed with the token.
+    #[test]
+    fn a_scheme_relative_next_url_never_leaves_the_resource_controller() {
+        let endpoints =
+            Endpoints::new("https://iam.example", "https://rc.example").expect("valid endpoints");
+        let first = Url::parse("https://rc.example/v2/resource_keys?limit=100").expect("url");
+        for next in [
+            "\\\\& ",
+            "//evil.example/v2/resource_keys?start=abc",
+            "\\\\evil.example/x",
+        ] {
+            if let Ok(url) = next_page_url(&endpoints, &first, next) {
+                assert_eq!(url.host_str(), Some("rc.example"), "{next:?} -> {url}");
+            }
+        }
+        let kept = next_page_url(&endpoints, &first, "\\\\evil.example/v2/keys?start=abc")
+            .expect("the start token is used");
+        assert_eq!(
+            kept.as_str(),
+            "https://rc.example/v2/resource_keys?limit=100&start=abc"
+        );
+    }
 
     #[test]
     fn next_url_resolution() {
