@@ -593,14 +593,14 @@ pub fn as_make_runs_cargo(command: &mut Command) -> &mut Command {
 }
 
 pub fn run_cargo(dir: &Path, args: &[&str]) -> Result<(), String> {
-    // The build directory of `make lint` (target/lint): the replay checks on the dependencies
+    // The build directory of `make lint` (target/): the replay checks on the dependencies
     // clippy already checked, so only the replayed workspace's own crates are checked. Its
     // artifacts land apart (target/dockerfile-context), never over the tests' own.
     let target = root().join("target/dockerfile-context");
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     let out = as_make_runs_cargo(&mut cargo)
         .args(args)
-        .env("CARGO_BUILD_BUILD_DIR", root().join("target/lint"))
+        .env("CARGO_BUILD_BUILD_DIR", root().join("target"))
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(dir)
         .stdin(Stdio::null())
