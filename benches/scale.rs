@@ -395,13 +395,20 @@ async fn measure(count: usize, max_rps: u32, refresh_window: Duration) -> Row {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle_kib = rss_kib(&env);
 
+    let baseline_served = apiserver_served(&env);
     let baseline = kubectl_apply(&env, &manifest(&namespaces, count, baseline_objects));
+    print_served(
+        &format!("{count} baseline objects"),
+        &baseline_served,
+        &apiserver_served(&env),
+    );
     env.sim.reset_calls();
     let events_before = event_count(&env, &namespaces).await;
     let requests = manifest(&namespaces, count, request_object);
     let (operator_before, servers_before) = (cpu_ticks(&env), control_plane_ticks());
+    let served_before = apiserver_served(&env);
     let started = Instant::now();
-    kubectl_apply(&env, &requests);
+    let applied = kubectl_apply(&env, &requests);
     support::wait_for(
         &format!("{count} requests to be Ready"),
         Duration::from_secs(1800),
@@ -419,6 +426,16 @@ async fn measure(count: usize, max_rps: u32, refresh_window: Duration) -> Row {
     let batch_cpu = (
         (cpu_ticks(&env) - operator_before) as f64 / 100.0,
         (control_plane_ticks() - servers_before) as f64 / 100.0,
+    );
+    println!(
+        "{count} requests: kubectl apply returned after {:.1} s, the last Ready after {:.1} s",
+        applied.as_secs_f64(),
+        all_ready.as_secs_f64()
+    );
+    print_served(
+        &format!("{count} requests"),
+        &served_before,
+        &apiserver_served(&env),
     );
     println!(
         "{count} requests: CPU seconds while the batch ran: operator {:.1}, etcd + kube-apiserver + kube-controller-manager {:.1} (2 cores: {:.1} available)",
@@ -622,6 +639,81 @@ fn proc_status_kib(env: &Env, field: &str) -> u64 {
 /// utime + stime of the operator, in clock ticks.
 fn cpu_ticks(env: &Env) -> u64 {
     env.operator.pid().map_or(0, pid_cpu_ticks)
+}
+
+/// What the API server served, by verb and resource: (requests, seconds spent), from its own
+/// `apiserver_request_duration_seconds` (watches left out: they last as long as the client).
+fn apiserver_served(env: &Env) -> BTreeMap<String, (f64, f64)> {
+    let out = env
+        .cp
+        .kubectl()
+        .args(["get", "--raw", "/metrics"])
+        .output()
+        .expect("kubectl get --raw /metrics");
+    let mut served = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_") else {
+            continue;
+        };
+        let (which, rest) = match rest.split_once('{') {
+            Some((w @ ("sum" | "count"), r)) => (w, r),
+            _ => continue,
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let verb = label("verb");
+        if verb == "WATCH" || verb == "CONNECT" {
+            continue;
+        }
+        let subresource = label("subresource");
+        let key = format!(
+            "{verb} {}{}{}",
+            label("resource"),
+            if subresource.is_empty() { "" } else { "/" },
+            subresource
+        );
+        let value: f64 = value.trim().parse().unwrap_or(0.0);
+        let entry = served.entry(key).or_insert((0.0, 0.0));
+        if which == "count" {
+            entry.0 += value;
+        } else {
+            entry.1 += value;
+        }
+    }
+    served
+}
+
+/// The API server's work during the batch, by verb and resource, the costliest first.
+fn print_served(
+    label: &str,
+    before: &BTreeMap<String, (f64, f64)>,
+    after: &BTreeMap<String, (f64, f64)>,
+) {
+    let mut rows: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(key, (n, secs))| {
+            let (n0, s0) = before.get(key).copied().unwrap_or_default();
+            (key.clone(), n - n0, secs - s0)
+        })
+        .filter(|(_, n, _)| *n >= 1.0)
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    println!("{label}: the API server served, watches aside ({total:.1} request-seconds):");
+    for (key, n, secs) in rows.iter().take(12) {
+        println!(
+            "  {key:<48} {n:>7.0} requests {secs:>7.2} s ({:.1} ms each)",
+            secs / n * 1000.0
+        );
+    }
 }
 
 /// CPU ticks of the control plane's servers (etcd, kube-apiserver, ...).

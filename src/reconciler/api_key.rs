@@ -15,20 +15,21 @@ use tracing::info;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{Context, ReconcileError, plan};
+use super::{Context, ReconcileError, api_key_cache::ApiKeyRead, plan};
 use crate::{
     crd::{API_KEY_FINALIZER, DeletionPolicy, IngestionKeyRequest},
     redact::SecretString,
 };
 
-/// The API key and its Secret, in the request's own namespace only, when the Secret allows the
-/// request (see [`plan::access`]). With `--require-opt-in` its metadata is read first, so that a
-/// Secret that has not opted in is never read; otherwise it is read once and its narrowing
-/// annotations are checked before its value is used.
+/// The API key and its Secret's metadata, in the request's own namespace only, when the Secret
+/// allows the request (see [`plan::access`]). With `--require-opt-in` its metadata is read first,
+/// so that a Secret that has not opted in is never read; otherwise it is read once and its
+/// narrowing annotations are checked before its value is used. A read the Secrets' watch shows
+/// unchanged is used again ([`super::api_key_cache`]); the checks run on every call.
 pub(super) async fn read(
     ctx: &Context,
     request: &IngestionKeyRequest,
-) -> Result<(SecretString, Secret), ReconcileError> {
+) -> Result<(SecretString, PartialObjectMeta<Secret>), ReconcileError> {
     let reference = &request.spec.api_key_secret_ref;
     let namespace = request.namespace().unwrap_or_default();
     let not_found = || ReconcileError::ApiKeySecretNotFound {
@@ -48,6 +49,17 @@ pub(super) async fn read(
             }
         })
     };
+    let metadata_only = |metadata: ObjectMeta| PartialObjectMeta::<Secret> {
+        metadata,
+        ..Default::default()
+    };
+    let cache = &ctx.api_keys;
+    if let Some(read) = cache.lookup(&namespace, &reference.name, &reference.key)
+        && let Some(value) = read.value(&reference.key)
+    {
+        allow(&read.metadata)?;
+        return Ok((value.clone(), metadata_only(read.metadata)));
+    }
     if ctx.settings.require_opt_in {
         let metadata: Api<PartialObjectMeta<Secret>> =
             Api::namespaced(ctx.client.clone(), &namespace);
@@ -59,22 +71,22 @@ pub(super) async fn read(
     let read = api.get_opt(&reference.name).await;
     let secret = found(read, "read the API key Secret", not_found)?;
     allow(&secret.metadata)?;
-    let data = secret.data.as_ref();
-    let value = data
-        .and_then(|data| data.get(&reference.key))
-        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
-        .map(str::trim) // `kubectl create secret --from-file` keeps the file's trailing newline
-        .filter(|value| !value.is_empty())
-        .map(SecretString::from);
+    let (kept, value) = ApiKeyRead::new(&secret, &reference.key);
     match value {
-        Some(value) => Ok((value, secret)),
+        Some(value) => {
+            cache.store(&namespace, &reference.name, kept);
+            Ok((value, metadata_only(secret.metadata)))
+        }
         // The names of the Secret's other keys are told only when it has opted in: a request's
         // author may not be allowed to read the Secret.
         None => Err(ReconcileError::ApiKeyMissingInSecret {
             name: reference.name.clone(),
             key: reference.key.clone(),
             present: plan::access::api_key_opted_in(secret.labels()).then(|| {
-                data.map(|d| d.keys().cloned().collect())
+                secret
+                    .data
+                    .as_ref()
+                    .map(|d| d.keys().cloned().collect())
                     .unwrap_or_default()
             }),
         }),
@@ -96,7 +108,7 @@ fn found<T>(
 pub(super) async fn hold(
     ctx: &Context,
     request: &IngestionKeyRequest,
-    secret: &Secret,
+    secret: &PartialObjectMeta<Secret>,
 ) -> Result<(), ReconcileError> {
     let held = |secret: &PartialObjectMeta<Secret>| {
         secret.finalizers().iter().any(|f| f == API_KEY_FINALIZER)

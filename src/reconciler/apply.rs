@@ -7,11 +7,16 @@ use std::time::Duration;
 use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
-use kube::runtime::{controller::Action, reflector::ObjectRef};
+use kube::{
+    ResourceExt,
+    runtime::{controller::Action, reflector::ObjectRef},
+};
 use tracing::info;
 
 use super::{
-    Context, ReconcileError, api_key, finalizer, instance,
+    Context, ReconcileError, api_key,
+    context::SecretVersion,
+    finalizer, instance,
     keys::{self, Access, KeyOutcome, KeySpec},
     plan::{
         self, Recorded, ReplaceCause,
@@ -110,7 +115,10 @@ pub(super) async fn apply(
     let fingerprint = credential.fingerprint();
     let written = secret::write(ctx, &request, existing_secret, &credential).await;
     let outcome = match written {
-        Ok(outcome) => outcome,
+        Ok((outcome, version)) => {
+            remember_secret(ctx, &request, version, &fingerprint);
+            outcome
+        }
         Err(error) => {
             if let Some(created) = created {
                 let created_event = reason::event::RESOURCE_KEY_CREATED;
@@ -310,7 +318,30 @@ async fn in_sync_for(
     else {
         return Ok(None);
     };
+    // The operator's own writes come back as watch events and reconciles: while the watch shows
+    // the Secret as this process left it, there is nothing to read.
+    if ctx.secret_unchanged(request, &fingerprint) {
+        return Ok(Some(wait));
+    }
     let secret = secret::read(ctx, request).await?;
-    let in_sync = secret.is_some_and(|s| plan::secret_in_sync(request, &s, &fingerprint));
-    Ok(in_sync.then_some(wait))
+    let Some(secret) = secret.filter(|s| plan::secret_in_sync(request, s, &fingerprint)) else {
+        return Ok(None);
+    };
+    remember_secret(ctx, request, secret.resource_version(), &fingerprint);
+    Ok(Some(wait))
+}
+
+/// The agents' Secret is at `version` and holds the credential of `fingerprint`.
+fn remember_secret(
+    ctx: &Context,
+    request: &IngestionKeyRequest,
+    version: Option<String>,
+    fingerprint: &str,
+) {
+    let known = version.map(|resource_version| SecretVersion {
+        name: request.spec.secret.name.clone(),
+        resource_version,
+        fingerprint: fingerprint.to_owned(),
+    });
+    ctx.remember_secret_in_sync(request, known);
 }

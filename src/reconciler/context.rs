@@ -11,7 +11,12 @@ use std::{
 
 use kube::{Client, ResourceExt, runtime::reflector::Store};
 
-use super::{events::Events, keys::CreationAttempt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{core::PartialObjectMeta, runtime::watcher};
+
+use super::{
+    api_key_cache::ApiKeyCache, events::Events, keys::CreationAttempt, watched::WatchedScopes,
+};
 use crate::{
     crd::{ClusterId, IngestionKeyRequest},
     ibm::{IbmApi, IbmError, ResourceInstance},
@@ -110,6 +115,18 @@ struct Memory {
     /// The generation and fingerprint of the last successful sync (see `apply::last_sync`);
     /// forgotten on any failure.
     synced: Option<LastSync>,
+    /// The agents' Secret as this process last wrote or read it holding a credential, and the
+    /// latest version the Secrets' watch reported since (see [`Context::secret_unchanged`]).
+    secret_in_sync: Option<Box<SecretVersion>>,
+    secret_seen: Option<Box<(String, String)>>,
+}
+
+/// The agents' Secret, at one version, holding the credential of one fingerprint.
+#[derive(PartialEq, Eq)]
+pub(super) struct SecretVersion {
+    pub name: String,
+    pub resource_version: String,
+    pub fingerprint: String,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -131,6 +148,10 @@ pub struct Context {
     pub(super) stores: Mutex<Vec<Store<IngestionKeyRequest>>>,
     /// Reconciles running per namespace (entries go when they reach 0).
     busy: Arc<Mutex<HashMap<String, usize>>>,
+    /// API key Secrets already read (see `api_key_cache`).
+    pub(super) api_keys: ApiKeyCache,
+    /// Where the watch on the operator's own Secrets runs.
+    owned_secrets_watched: WatchedScopes,
 }
 
 impl Context {
@@ -151,6 +172,8 @@ impl Context {
             memory: Mutex::default(),
             stores: Mutex::default(),
             busy: Arc::default(),
+            api_keys: ApiKeyCache::default(),
+            owned_secrets_watched: WatchedScopes::default(),
         }
     }
 
@@ -309,7 +332,83 @@ impl Context {
     }
 
     pub(super) fn forget_sync(&self, request: &IngestionKeyRequest) {
-        self.if_remembered(request, |m| m.synced = None);
+        self.if_remembered(request, |m| {
+            m.synced = None;
+            m.secret_in_sync = None;
+        });
+    }
+
+    /// The agents' Secret, as this process just wrote or read it, holds the credential.
+    pub(super) fn remember_secret_in_sync(
+        &self,
+        request: &IngestionKeyRequest,
+        secret: Option<SecretVersion>,
+    ) {
+        self.with_memory(request, |m| m.secret_in_sync = secret.map(Box::new));
+    }
+
+    /// Whether the agents' Secret is known to hold the credential of `fingerprint` without
+    /// reading it: this process wrote or read it so, and the watch on Secrets has reported no
+    /// other version since. Sound because the request's memory exists before any reconcile reads
+    /// or writes the Secret, so every later event is recorded ([`Self::observe_owned_secret`]).
+    pub(super) fn secret_unchanged(
+        &self,
+        request: &IngestionKeyRequest,
+        fingerprint: &str,
+    ) -> bool {
+        let namespace = request.namespace().unwrap_or_default();
+        if !self.owned_secrets_watched.covers(&namespace) {
+            return false;
+        }
+        let name = &request.spec.secret.name;
+        self.read_memory(request, |m| {
+            let known = m.secret_in_sync.as_deref()?;
+            let unchanged = match m.secret_seen.as_deref() {
+                None => true,
+                Some((seen_name, seen)) => {
+                    *seen_name == known.name && *seen == known.resource_version
+                }
+            };
+            (unchanged && known.name == *name && known.fingerprint == fingerprint).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Follows one event of the watch on the operator's Secrets of `scope`: records the version
+    /// of each event in the memory of the request that owns the Secret.
+    pub(super) fn observe_owned_secret(
+        &self,
+        scope: Option<&str>,
+        event: &watcher::Event<PartialObjectMeta<Secret>>,
+    ) {
+        let record = |secret: &PartialObjectMeta<Secret>, version: String| {
+            let owner = secret
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone());
+            let Some(owner) = owner else { return };
+            if let Some(memory) = lock(&self.memory).get_mut(&owner) {
+                memory.secret_seen = Some(Box::new((secret.name_any(), version)));
+            }
+        };
+        match event {
+            watcher::Event::Apply(secret) | watcher::Event::InitApply(secret) => {
+                record(secret, secret.resource_version().unwrap_or_default());
+            }
+            // No resourceVersion is ever empty: a deleted (or no longer labelled) Secret matches
+            // no version this process knows.
+            watcher::Event::Delete(secret) => record(secret, String::new()),
+            // Events may have been missed before a relist: nothing known before it stands.
+            watcher::Event::Init => {
+                self.owned_secrets_watched.start(scope);
+                for memory in lock(&self.memory).values_mut() {
+                    memory.secret_in_sync = None;
+                    memory.secret_seen = None;
+                }
+            }
+            watcher::Event::InitDone => {}
+        }
     }
 
     /// Forgets everything about a request that is gone.

@@ -235,17 +235,23 @@ fn controller_for(
         index.requests_of(secret.namespace(), &secret.name_any())
     };
     // Secrets as metadata only (`Api<PartialObjectMeta<_>>` asks for metadata, never data).
+    let versions = ctx.clone();
+    let owned_scope = scope.map(str::to_owned);
     let owned_secrets = watcher(
         api_in::<PartialObjectMeta<Secret>>(&ctx.watch_client, scope),
         managed_secrets,
     )
     .filter(relist_at_once)
+    .inspect_ok(move |event| versions.observe_owned_secret(owned_scope.as_deref(), event))
     .touched_objects();
+    let reads = ctx.clone();
+    let namespace = scope.map(str::to_owned);
     let api_key_secrets = watcher(
         api_in::<PartialObjectMeta<Secret>>(&ctx.watch_client, scope),
         watcher::Config::default(),
     )
     .filter(relist_at_once)
+    .inspect_ok(move |event| reads.api_keys.observe(namespace.as_deref(), event))
     .touched_objects();
     let running = controller
         .owns_stream(owned_secrets)

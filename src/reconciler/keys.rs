@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use tracing::{debug, info, warn};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
+use kube::{ResourceExt, core::PartialObjectMeta};
 
 use super::{
     Context, ReconcileError, api_key, finalizer,
@@ -45,7 +45,7 @@ pub(super) enum KeyOutcome {
 pub(super) struct Access<'a> {
     pub api_key: &'a SecretString,
     /// The Secret the API key was read from (held while a key made with it exists).
-    pub secret: &'a Secret,
+    pub secret: &'a PartialObjectMeta<Secret>,
     pub secret_name: &'a str,
 }
 

@@ -50,12 +50,13 @@ pub(super) async fn read_ours(
 }
 
 /// Writes the credential into the request's Secret, `existing` as returned by [`read_ours`].
+/// Returns what it did and the Secret's resourceVersion now.
 pub(super) async fn write(
     ctx: &Context,
     request: &IngestionKeyRequest,
     existing: Option<Secret>,
     credential: &SecretString,
-) -> Result<SecretOutcome, ReconcileError> {
+) -> Result<(SecretOutcome, Option<String>), ReconcileError> {
     let secret_name = &request.spec.secret.name;
     let mut desired = render_secret(request, credential)
         .ok_or_else(|| ReconcileError::Unexpected("the request has no uid".into()))?;
@@ -68,16 +69,17 @@ pub(super) async fn write(
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
-        api.create(&params, &desired)
+        let created = api
+            .create(&params, &desired)
             .await
             .map_err(ReconcileError::secret_write(
                 "create the Secret",
                 secret_name,
             ))?;
-        return Ok(SecretOutcome::Created);
+        return Ok((SecretOutcome::Created, created.resource_version()));
     };
     if !needs_update(&existing, &desired) {
-        return Ok(SecretOutcome::Unchanged);
+        return Ok((SecretOutcome::Unchanged, existing.resource_version()));
     }
     // Updated in place (same object, same uid). The resourceVersion makes the patch conditional:
     // had the Secret changed hands since it was read, the API server refuses (409) and the next
@@ -109,13 +111,14 @@ pub(super) async fn write(
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    api.patch(secret_name, &params, &Patch::Merge(&body))
+    let updated = api
+        .patch(secret_name, &params, &Patch::Merge(&body))
         .await
         .map_err(ReconcileError::secret_write(
             "update the Secret",
             secret_name,
         ))?;
-    Ok(SecretOutcome::Updated)
+    Ok((SecretOutcome::Updated, updated.resource_version()))
 }
 
 /// The Secret the request wrote before `spec.secret.name` changed, if it is still there and ours.

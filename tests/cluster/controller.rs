@@ -235,6 +235,33 @@ async fn every_failure_reason_is_reported_while_healthy_requests_keep_working() 
     env.finish().await;
 }
 
+/// The operator keeps an API key it has read while the Secrets' watch shows its Secret
+/// unchanged: a corrected API key must be used as soon as it is written.
+#[tokio::test]
+async fn a_corrected_api_key_is_used_at_once() {
+    let env = Env::new("corrected").await;
+    env.api_key_secret("ibmcloud-api-key", UNKNOWN_KEY).await;
+    env.create_request(
+        "agent",
+        request_to("my-log-analysis", "ibmcloud-api-key", "agent"),
+    )
+    .await;
+    env.wait_reason("agent", "ApiKeyInvalid").await;
+
+    let corrected = json!({"stringData": {"apikey": MANAGER_KEY}});
+    env.secrets_api()
+        .patch(
+            "ibmcloud-api-key",
+            &PatchParams::default(),
+            &Patch::Merge(corrected),
+        )
+        .await
+        .expect("the API key is corrected");
+    env.wait_ready("agent").await;
+    env.secret_value("agent", "logdna-agent-key").await;
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn secrets_that_are_not_ours_are_never_touched() {
     let env = Env::new("conflict").await;

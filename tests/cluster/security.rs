@@ -103,6 +103,30 @@ async fn an_api_key_secret_serves_only_once_its_owner_opted_it_in() {
     env.finish().await;
 }
 
+/// The operator keeps an API key Secret it has read while the Secrets' watch shows it unchanged:
+/// withdrawing the opt-in must still stop the very next sync.
+#[tokio::test]
+async fn withdrawing_the_opt_in_stops_the_next_sync() {
+    let (env, author) = as_request_author("optin-withdrawn").await;
+    env.api_key_secret("team-key", MANAGER_KEY).await;
+    label_opt_in(&env, json!({})).await;
+    create_as(&author, "agent", spec(json!({}))).await;
+    env.wait_ready("agent").await;
+
+    let withdraw = json!({"metadata": {"labels": {API_KEY_OPT_IN_LABEL: null}}});
+    env.secrets_api()
+        .patch("team-key", &PatchParams::default(), &Patch::Merge(withdraw))
+        .await
+        .expect("the Secret's owner withdraws the opt-in");
+    let request = env.wait_reason("agent", "ApiKeySecretNotAllowed").await;
+    assert!(
+        ready_message(&request).contains(API_KEY_OPT_IN_LABEL),
+        "{}",
+        ready_message(&request)
+    );
+    env.finish().await;
+}
+
 /// A Secret opted in for ingestion keys only: a request asking it to mint an IAM API key
 /// (`credentialField: apikey`) is refused before any IBM Cloud call.
 #[tokio::test]
