@@ -132,10 +132,9 @@ fn manifest(
     json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
-fn kubectl_apply(env: &Env, manifest: &str) -> Duration {
+fn kubectl_apply(cp: &support::ControlPlane, manifest: &str) -> Duration {
     let started = Instant::now();
-    let mut child = env
-        .cp
+    let mut child = cp
         .kubectl()
         .args(["apply", "-f", "-"])
         .stdin(Stdio::piped())
@@ -400,7 +399,7 @@ async fn measure(count: usize, max_rps: u32, refresh_window: Duration) -> Row {
 
     let baseline_served = apiserver_served(&env);
     let baseline_before = kubectl_apply(
-        &env,
+        cp,
         &manifest(&namespaces, count, |i, ns| baseline_objects("b", i, ns)),
     );
     print_served(
@@ -414,7 +413,7 @@ async fn measure(count: usize, max_rps: u32, refresh_window: Duration) -> Row {
     let (operator_before, servers_before) = (cpu_ticks(&env), control_plane_ticks());
     let served_before = apiserver_served(&env);
     let started = Instant::now();
-    let applied = kubectl_apply(&env, &requests);
+    let applied = kubectl_apply(cp, &requests);
     support::wait_for(
         &format!("{count} requests to be Ready"),
         Duration::from_secs(1800),
@@ -601,7 +600,7 @@ async fn measure(count: usize, max_rps: u32, refresh_window: Duration) -> Row {
     }
     // Last, so that its objects (Secrets the operator watches) weigh on no other figure.
     let baseline_after = kubectl_apply(
-        &env,
+        cp,
         &manifest(&namespaces, count, |i, ns| baseline_objects("c", i, ns)),
     );
     println!(
